@@ -1,0 +1,58 @@
+/*
+ * backend-transfer: checks for migrations that pass backend fds
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qapi/qapi-types-migration.h"
+#include "qapi/qapi-types-sockets.h"
+#include "backend-transfer.h"
+#include "options.h"
+#include "trace.h"
+
+static const char *transport_name(MigrationAddress *addr)
+{
+    if (addr->transport == MIGRATION_ADDRESS_TYPE_SOCKET) {
+        return SocketAddressType_str(addr->u.socket.type);
+    }
+    return MigrationAddressType_str(addr->transport);
+}
+
+static bool transport_supports_fd_passing(MigrationAddress *addr)
+{
+    if (addr->transport != MIGRATION_ADDRESS_TYPE_SOCKET) {
+        return false;
+    }
+    /* An fd: channel is checked when the fds are sent */
+    return addr->u.socket.type == SOCKET_ADDRESS_TYPE_UNIX ||
+           addr->u.socket.type == SOCKET_ADDRESS_TYPE_FD;
+}
+
+bool backend_transfer_check_channel(MigrationAddress *addr, Error **errp)
+{
+    if (!migrate_backend_transfer()) {
+        return true;
+    }
+    trace_backend_transfer_check_channel(transport_name(addr));
+
+    if (!transport_supports_fd_passing(addr)) {
+        error_setg(errp, "backend-transfer passes file descriptors and needs "
+                   "a UNIX socket migration channel (unix: or fd:), not %s",
+                   transport_name(addr));
+        return false;
+    }
+    if (migrate_tls()) {
+        error_setg(errp, "backend-transfer cannot pass file descriptors "
+                   "over TLS; disable TLS for this local migration");
+        return false;
+    }
+    if (migrate_postcopy_ram()) {
+        error_setg(errp, "backend-transfer cannot pass file descriptors in "
+                   "postcopy's device state; disable postcopy-ram");
+        return false;
+    }
+    return true;
+}

@@ -1,0 +1,733 @@
+/*
+ * tap-transfer: a TAP netdev that local migration hands over
+ *
+ * Without migration this is -netdev tap.  With the migration parameter
+ * backend-transfer on, the source passes the open file descriptors of
+ * its TAP queues to the destination in the migration stream, so the
+ * destination runs on the very same TAP device: the kernel allocates
+ * nothing, management attaches nothing, and packets that arrive during
+ * the switchover wait in the TAP's queue for the destination.
+ *
+ * The queue clients are tap.c's own, so vhost-net, multiqueue and the
+ * offload callbacks behave exactly as with -netdev tap.  On a
+ * destination (-incoming) they are created without file descriptor and
+ * get one once the stream tells which way it goes: a new TAP of their
+ * own, or the source's.
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ */
+
+#include "qemu/osdep.h"
+#include <sys/ioctl.h>
+#include <sys/sysmacros.h>
+#include <net/if.h>
+#include "qapi/error.h"
+#include "qapi/clone-visitor.h"
+#include "qapi/qapi-visit-net.h"
+#include "qemu/cutils.h"
+#include "qemu/error-report.h"
+#include "qemu/module.h"
+#include "qemu/queue.h"
+#include "monitor/monitor.h"
+#include "migration/client-options.h"
+#include "migration/register.h"
+#include "migration/vmstate.h"
+#include "net/net.h"
+#include "net/tap.h"
+#include "net/tap_int.h"
+#include "net/tap-linux.h"
+#include "system/runstate.h"
+#include "trace.h"
+
+#define TAP_TRANSFER_MAX_QUEUES 1024
+#define TUN_MISC_MINOR 200
+
+/* One TAP queue as it travels in the migration stream */
+typedef struct TapTransferQueue {
+    int32_t fd;
+    bool enabled;
+    bool using_vnet_hdr;
+    uint32_t host_vnet_hdr_len;
+    bool has_ufo;
+    bool has_uso;
+} TapTransferQueue;
+
+typedef struct TapTransferState {
+    char *name;
+    NetdevTapOptions *opts;
+    uint32_t queues;
+    /* Queue clients, all named @name; owned by net.c */
+    NetClientState **ncs;
+    /* Known when opened here, or from the options on a destination */
+    char ifname[IFNAMSIZ];
+
+    /* Destination: fds handed to us by management, not yet used */
+    int *mgmt_fds;
+    int *mgmt_vhostfds;
+    bool attached;
+
+    /* Source: reading stopped and downscript given up at handover */
+    bool handed_over;
+    bool owned_downscript;
+
+    /* The migration stream */
+    bool stream_transfer;
+    uint32_t stream_id_len;
+    uint8_t *stream_id;
+    char stream_ifname[IFNAMSIZ];
+    bool stream_owns_downscript;
+    uint32_t stream_queues;
+    TapTransferQueue *stream_queue;
+
+    VMChangeStateEntry *vm_change;
+    QTAILQ_ENTRY(TapTransferState) next;
+} TapTransferState;
+
+static QTAILQ_HEAD(, TapTransferState) tap_transfer_states =
+    QTAILQ_HEAD_INITIALIZER(tap_transfer_states);
+
+static void tap_transfer_close_fds(int *fds, uint32_t n)
+{
+    for (uint32_t i = 0; fds && i < n; i++) {
+        if (fds[i] >= 0) {
+            close(fds[i]);
+            fds[i] = -1;
+        }
+    }
+}
+
+static void tap_transfer_close_stream_fds(TapTransferState *s)
+{
+    for (uint32_t i = 0; s->stream_queue && i < s->stream_queues; i++) {
+        if (s->stream_queue[i].fd >= 0) {
+            close(s->stream_queue[i].fd);
+        }
+    }
+    g_clear_pointer(&s->stream_queue, g_free);
+    s->stream_queues = 0;
+}
+
+static const char *tap_transfer_downscript(TapTransferState *s,
+                                           char **to_free)
+{
+    if (s->opts->downscript) {
+        return s->opts->downscript;
+    }
+    *to_free = get_relocated_path(DEFAULT_NETWORK_DOWN_SCRIPT);
+    return *to_free;
+}
+
+static void tap_transfer_set_info(TapTransferState *s, const char *how)
+{
+    for (uint32_t i = 0; i < s->queues; i++) {
+        qemu_set_info_str(s->ncs[i], "tap-transfer,ifname=%s,queue=%u/%u,%s",
+                          s->ifname[0] ? s->ifname : "?", i, s->queues, how);
+    }
+}
+
+/* Source side */
+
+static void tap_transfer_resume(TapTransferState *s)
+{
+    g_autofree char *default_downscript = NULL;
+
+    for (uint32_t i = 0; i < s->queues; i++) {
+        /* With vhost, vhost_net_start/stop own the polling of the fd */
+        if (!tap_get_vhost_net(s->ncs[i])) {
+            s->ncs[i]->info->poll(s->ncs[i], true);
+        }
+    }
+    if (s->owned_downscript) {
+        tap_set_downscript(s->ncs[0],
+                           tap_transfer_downscript(s, &default_downscript),
+                           s->ifname);
+    }
+    s->handed_over = false;
+    trace_tap_transfer_resume(s->name);
+}
+
+static void tap_transfer_vm_change(void *opaque, bool running,
+                                   RunState state)
+{
+    TapTransferState *s = opaque;
+
+    /* The source runs again: the handover failed or was abandoned */
+    if (running && s->handed_over) {
+        tap_transfer_resume(s);
+    }
+}
+
+static int tap_transfer_pre_save(void *opaque)
+{
+    TapTransferState *s = opaque;
+
+    g_free(s->stream_id);
+    s->stream_id = (uint8_t *)g_strdup(s->name);
+    s->stream_id_len = strlen(s->name);
+    s->stream_transfer = migrate_backend_transfer();
+    if (!s->stream_transfer) {
+        return 0;
+    }
+
+    g_free(s->stream_queue);
+    s->stream_queues = s->queues;
+    s->stream_queue = g_new0(TapTransferQueue, s->queues);
+    for (uint32_t i = 0; i < s->queues; i++) {
+        TapQueueState qs;
+
+        tap_get_queue_state(s->ncs[i], &qs);
+        s->stream_queue[i] = (TapTransferQueue) {
+            .fd = tap_get_fd(s->ncs[i]),
+            .enabled = qs.enabled,
+            .using_vnet_hdr = qs.using_vnet_hdr,
+            .host_vnet_hdr_len = qs.host_vnet_hdr_len,
+            .has_ufo = qs.has_ufo,
+            .has_uso = qs.has_uso,
+        };
+        /*
+         * The VM is stopped and we hold the BQL until the state is sent:
+         * from here on, packets stay in the TAP for the destination.
+         */
+        s->ncs[i]->info->poll(s->ncs[i], false);
+    }
+    pstrcpy(s->stream_ifname, sizeof(s->stream_ifname), s->ifname);
+    s->owned_downscript = tap_has_downscript(s->ncs[0]);
+    s->stream_owns_downscript = s->owned_downscript;
+    /* The destination owns the TAP now, downscript included */
+    tap_set_downscript(s->ncs[0], NULL, NULL);
+    s->handed_over = true;
+    trace_tap_transfer_handover(s->name, s->queues, s->ifname);
+    return 0;
+}
+
+static int tap_transfer_post_save(void *opaque)
+{
+    TapTransferState *s = opaque;
+
+    /* The fds are in the stream now; these are only copies of ours */
+    g_clear_pointer(&s->stream_queue, g_free);
+    s->stream_queues = 0;
+    return 0;
+}
+
+/* Destination side */
+
+static bool tap_transfer_check_fd(TapTransferState *s, uint32_t index,
+                                  const TapTransferQueue *q, Error **errp)
+{
+    struct ifreq ifr = { 0 };
+    struct stat st;
+
+    if (q->fd < 0) {
+        error_setg(errp, "netdev %s: no file descriptor received for "
+                   "queue %u; is the migration channel a UNIX socket?",
+                   s->name, index);
+        return false;
+    }
+    if (fstat(q->fd, &st) < 0 || !S_ISCHR(st.st_mode) ||
+        major(st.st_rdev) != MISC_MAJOR || minor(st.st_rdev) != TUN_MISC_MINOR) {
+        error_setg(errp, "netdev %s: queue %u: received file descriptor is "
+                   "not /dev/net/tun", s->name, index);
+        return false;
+    }
+    if (ioctl(q->fd, TUNGETIFF, &ifr) < 0) {
+        /* A queue the guest disabled is detached from its device */
+        if (errno == EBADFD && !q->enabled) {
+            return true;
+        }
+        error_setg_errno(errp, errno, "netdev %s: queue %u: received file "
+                         "descriptor is not attached to a TAP device",
+                         s->name, index);
+        return false;
+    }
+    if (!(ifr.ifr_flags & IFF_TAP)) {
+        error_setg(errp, "netdev %s: queue %u: received device %s is a TUN, "
+                   "not a TAP device", s->name, index, ifr.ifr_name);
+        return false;
+    }
+    if (strncmp(ifr.ifr_name, s->stream_ifname, IFNAMSIZ)) {
+        error_setg(errp, "netdev %s: queue %u: received TAP device is %s, "
+                   "expected %s", s->name, index, ifr.ifr_name,
+                   s->stream_ifname);
+        return false;
+    }
+    if (!!(ifr.ifr_flags & IFF_VNET_HDR) != !!q->host_vnet_hdr_len) {
+        error_setg(errp, "netdev %s: queue %u: vnet header of TAP device %s "
+                   "does not match the source's state", s->name, index,
+                   ifr.ifr_name);
+        return false;
+    }
+    return true;
+}
+
+static bool tap_transfer_check_stream(TapTransferState *s, Error **errp)
+{
+    if (s->stream_queues != s->queues) {
+        error_setg(errp, "netdev %s: the source has %u queues, this QEMU "
+                   "was configured with %u", s->name, s->stream_queues,
+                   s->queues);
+        return false;
+    }
+    if (s->stream_ifname[IFNAMSIZ - 1]) {
+        error_setg(errp, "netdev %s: invalid TAP device name received",
+                   s->name);
+        return false;
+    }
+    if (s->opts->ifname && strcmp(s->opts->ifname, s->stream_ifname)) {
+        error_setg(errp, "netdev %s: the source's TAP device is %s, this "
+                   "QEMU was configured with ifname=%s", s->name,
+                   s->stream_ifname, s->opts->ifname);
+        return false;
+    }
+    for (uint32_t i = 0; i < s->stream_queues; i++) {
+        if (!tap_transfer_check_fd(s, i, &s->stream_queue[i], errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool tap_transfer_adopt(TapTransferState *s, Error **errp)
+{
+    g_autofree char *default_downscript = NULL;
+
+    for (uint32_t i = 0; i < s->queues; i++) {
+        TapTransferQueue *q = &s->stream_queue[i];
+        TapQueueState qs = {
+            .enabled = q->enabled,
+            .using_vnet_hdr = q->using_vnet_hdr,
+            .host_vnet_hdr_len = q->host_vnet_hdr_len,
+            .has_ufo = q->has_ufo,
+            .has_uso = q->has_uso,
+        };
+        g_autofree char *vhostfd = NULL;
+
+        if (s->mgmt_vhostfds) {
+            vhostfd = g_strdup_printf("%d", s->mgmt_vhostfds[i]);
+            s->mgmt_vhostfds[i] = -1;
+        }
+        if (!tap_adopt_fd(s->ncs[i], q->fd, &qs, s->opts, vhostfd, errp)) {
+            error_prepend(errp, "netdev %s: ", s->name);
+            return false;
+        }
+        /* The client owns it now */
+        q->fd = -1;
+    }
+    pstrcpy(s->ifname, sizeof(s->ifname), s->stream_ifname);
+    if (s->stream_owns_downscript) {
+        tap_set_downscript(s->ncs[0],
+                           tap_transfer_downscript(s, &default_downscript),
+                           s->ifname);
+    }
+    s->attached = true;
+    tap_transfer_set_info(s, "adopted");
+    trace_tap_transfer_adopted(s->name, s->queues, s->ifname);
+    return true;
+}
+
+static int tap_transfer_post_load(void *opaque, int version_id)
+{
+    TapTransferState *s = opaque;
+    Error *local_err = NULL;
+    bool transfer = migrate_backend_transfer();
+
+    if (s->stream_id_len != strlen(s->name) ||
+        memcmp(s->stream_id, s->name, s->stream_id_len)) {
+        error_report("netdev %s: the source sent the state of netdev %.*s; "
+                     "tap-transfer netdevs must be created in the same order "
+                     "on both sides", s->name, (int)s->stream_id_len,
+                     (char *)s->stream_id);
+        goto fail;
+    }
+    if (s->stream_transfer != transfer) {
+        error_report("netdev %s: backend-transfer is %s on the source and "
+                     "%s here; set it the same on both sides", s->name,
+                     s->stream_transfer ? "on" : "off", transfer ? "on" : "off");
+        goto fail;
+    }
+    if (!transfer) {
+        return 0;
+    }
+    if (s->attached) {
+        error_report("netdev %s: already has a TAP device, cannot adopt the "
+                     "source's", s->name);
+        goto fail;
+    }
+    if (!tap_transfer_check_stream(s, &local_err) ||
+        !tap_transfer_adopt(s, &local_err)) {
+        error_report_err(local_err);
+        goto fail;
+    }
+    g_clear_pointer(&s->stream_queue, g_free);
+    s->stream_queues = 0;
+    return 0;
+
+fail:
+    tap_transfer_close_stream_fds(s);
+    return -EINVAL;
+}
+
+static bool tap_transfer_fds_needed(void *opaque)
+{
+    TapTransferState *s = opaque;
+
+    return s->stream_transfer;
+}
+
+static const VMStateDescription vmstate_tap_transfer_queue = {
+    .name = "tap-transfer/queue",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = (const VMStateField[]) {
+        VMSTATE_FD(fd, TapTransferQueue),
+        VMSTATE_BOOL(enabled, TapTransferQueue),
+        VMSTATE_BOOL(using_vnet_hdr, TapTransferQueue),
+        VMSTATE_UINT32(host_vnet_hdr_len, TapTransferQueue),
+        VMSTATE_BOOL(has_ufo, TapTransferQueue),
+        VMSTATE_BOOL(has_uso, TapTransferQueue),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
+static int tap_transfer_fds_pre_load(void *opaque)
+{
+    TapTransferState *s = opaque;
+
+    /* Bound the allocation that the stream asks for before it happens */
+    tap_transfer_close_stream_fds(s);
+    return 0;
+}
+
+static bool tap_transfer_queue_count_valid(void *opaque, int version_id)
+{
+    TapTransferState *s = opaque;
+
+    return s->stream_queues <= TAP_TRANSFER_MAX_QUEUES;
+}
+
+static const VMStateDescription vmstate_tap_transfer_fds = {
+    .name = "tap-transfer/fds",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .needed = tap_transfer_fds_needed,
+    .pre_load = tap_transfer_fds_pre_load,
+    .fields = (const VMStateField[]) {
+        VMSTATE_BUFFER(stream_ifname, TapTransferState),
+        VMSTATE_BOOL(stream_owns_downscript, TapTransferState),
+        VMSTATE_UINT32(stream_queues, TapTransferState),
+        VMSTATE_VALIDATE("queue count", tap_transfer_queue_count_valid),
+        VMSTATE_STRUCT_VARRAY_ALLOC(stream_queue, TapTransferState,
+                                    stream_queues, 1,
+                                    vmstate_tap_transfer_queue,
+                                    TapTransferQueue),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
+static const VMStateDescription vmstate_tap_transfer = {
+    .name = "tap-transfer",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .pre_save = tap_transfer_pre_save,
+    .post_save = tap_transfer_post_save,
+    .post_load = tap_transfer_post_load,
+    .fields = (const VMStateField[]) {
+        VMSTATE_UINT32(stream_id_len, TapTransferState),
+        VMSTATE_VBUFFER_ALLOC_UINT32(stream_id, TapTransferState, 0, NULL,
+                                     stream_id_len),
+        VMSTATE_BOOL(stream_transfer, TapTransferState),
+        VMSTATE_END_OF_LIST()
+    },
+    .subsections = (const VMStateDescription * const []) {
+        &vmstate_tap_transfer_fds,
+        NULL
+    },
+};
+
+/* Attaching a TAP of our own: at start-up, or on a destination */
+
+static bool tap_transfer_attach_own(TapTransferState *s, Error **errp)
+{
+    const NetdevTapOptions *opts = s->opts;
+    g_autofree char *default_script = NULL;
+    const char *script = opts->script;
+    char ifname[128] = "";
+
+    if (!script) {
+        script = default_script = get_relocated_path(DEFAULT_NETWORK_SCRIPT);
+    }
+    if (opts->ifname) {
+        pstrcpy(ifname, sizeof(ifname), opts->ifname);
+    }
+
+    for (uint32_t i = 0; i < s->queues; i++) {
+        g_autofree char *vhostfd = NULL;
+        int vnet_hdr = 1;
+        int fd;
+
+        if (s->mgmt_fds) {
+            fd = s->mgmt_fds[i];
+            s->mgmt_fds[i] = -1;
+            vnet_hdr = tap_probe_vnet_hdr(fd, errp);
+            if (vnet_hdr < 0) {
+                close(fd);
+                return false;
+            }
+        } else {
+            fd = net_tap_init(opts, &vnet_hdr, i ? "no" : script, ifname,
+                              sizeof(ifname), s->queues > 1, errp);
+            if (fd < 0) {
+                return false;
+            }
+        }
+        if (s->mgmt_vhostfds) {
+            vhostfd = g_strdup_printf("%d", s->mgmt_vhostfds[i]);
+            s->mgmt_vhostfds[i] = -1;
+        }
+        if (!tap_attach_fd(s->ncs[i], opts, vhostfd, fd, vnet_hdr, errp)) {
+            return false;
+        }
+        if (i == 0 && tap_fd_get_ifname(fd, ifname) == 0 && !s->mgmt_fds) {
+            g_autofree char *default_downscript = NULL;
+
+            tap_set_downscript(s->ncs[0],
+                               tap_transfer_downscript(s, &default_downscript),
+                               ifname);
+        }
+    }
+    pstrcpy(s->ifname, sizeof(s->ifname), ifname);
+    s->attached = true;
+    tap_transfer_set_info(s, "own");
+    trace_tap_transfer_attached(s->name, s->queues, s->ifname);
+    return true;
+}
+
+/*
+ * The stream begins: with backend-transfer off this is an ordinary
+ * migration and the destination needs a TAP of its own, opened now,
+ * before the source stops.
+ */
+static int tap_transfer_load_setup(QEMUFile *f, void *opaque, Error **errp)
+{
+    TapTransferState *s = opaque;
+
+    trace_tap_transfer_load_setup(s->name, migrate_backend_transfer());
+    if (s->attached || migrate_backend_transfer()) {
+        /* Management's fds are for a new TAP, which we do not want */
+        tap_transfer_close_fds(s->mgmt_fds, s->queues);
+        return 0;
+    }
+    if (!tap_transfer_attach_own(s, errp)) {
+        error_prepend(errp, "netdev %s: ", s->name);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static const SaveVMHandlers savevm_tap_transfer_handlers = {
+    .load_setup = tap_transfer_load_setup,
+};
+
+/* Creation */
+
+static int *tap_transfer_take_fds(const char *names, uint32_t *count,
+                                  Error **errp)
+{
+    g_auto(GStrv) fdnames = g_strsplit(names, ":", TAP_TRANSFER_MAX_QUEUES);
+    uint32_t n = g_strv_length(fdnames);
+    g_autofree int *fds = g_new(int, n);
+
+    for (uint32_t i = 0; i < n; i++) {
+        fds[i] = monitor_fd_param(monitor_cur(), fdnames[i], errp);
+        if (fds[i] < 0 ||
+            !g_unix_set_fd_nonblocking(fds[i], true, NULL)) {
+            if (fds[i] >= 0) {
+                error_setg_errno(errp, errno, "cannot use file descriptor %s",
+                                 fdnames[i]);
+            }
+            tap_transfer_close_fds(fds, i + 1);
+            return NULL;
+        }
+    }
+    *count = n;
+    return g_steal_pointer(&fds);
+}
+
+static bool tap_transfer_check_options(const NetdevTapOptions *opts,
+                                       NetClientState *peer, Error **errp)
+{
+    if (opts->helper || opts->br) {
+        error_setg(errp, "helper= and br= are not supported by tap-transfer, "
+                   "whose TAP must be handed between QEMU processes");
+        return false;
+    }
+    if (peer) {
+        error_setg(errp, "tap-transfer cannot be used with hubs (-net); "
+                   "use -netdev");
+        return false;
+    }
+    if (opts->fd && (opts->fds || opts->has_queues)) {
+        error_setg(errp, "fds= and queues= are invalid with fd=");
+        return false;
+    }
+    if (opts->fds && opts->has_queues) {
+        error_setg(errp, "queues= is invalid with fds=");
+        return false;
+    }
+    if ((opts->fd || opts->fds) &&
+        (opts->ifname || opts->script || opts->downscript ||
+         opts->has_vnet_hdr)) {
+        error_setg(errp, "ifname=, script=, downscript= and vnet_hdr= are "
+                   "invalid with fd= or fds=");
+        return false;
+    }
+    if (opts->has_queues &&
+        (opts->queues < 1 || opts->queues > TAP_TRANSFER_MAX_QUEUES)) {
+        error_setg(errp, "queues= must be between 1 and %d",
+                   TAP_TRANSFER_MAX_QUEUES);
+        return false;
+    }
+    if (opts->vhostfds && !opts->fds) {
+        error_setg(errp, "vhostfds= is invalid if fds= wasn't specified");
+        return false;
+    }
+    return true;
+}
+
+/*
+ * On an incoming QEMU the queue clients exist from the start, since the
+ * NIC is realized against them, but stay without fd until the stream
+ * says whether the source's arrive.  fds that management passed are
+ * taken now, while the monitor that passed them is current.
+ */
+static bool tap_transfer_init_incoming(TapTransferState *s, Error **errp)
+{
+    const NetdevTapOptions *opts = s->opts;
+    int vnet_hdr = opts->has_vnet_hdr ? opts->vnet_hdr : 1;
+    uint32_t nvhostfds;
+
+    if (opts->fd || opts->fds) {
+        uint32_t nfds;
+
+        s->mgmt_fds = tap_transfer_take_fds(opts->fd ?: opts->fds, &nfds,
+                                            errp);
+        if (!s->mgmt_fds) {
+            return false;
+        }
+        s->queues = nfds;
+        vnet_hdr = tap_probe_vnet_hdr(s->mgmt_fds[0], errp);
+        if (vnet_hdr < 0) {
+            return false;
+        }
+    }
+    if (opts->vhostfd || opts->vhostfds) {
+        s->mgmt_vhostfds = tap_transfer_take_fds(opts->vhostfd ?: opts->vhostfds,
+                                                 &nvhostfds, errp);
+        if (!s->mgmt_vhostfds) {
+            return false;
+        }
+        if (nvhostfds != s->queues) {
+            error_setg(errp, "the number of vhostfds passed does not match "
+                       "the number of queues");
+            return false;
+        }
+    }
+
+    s->ncs = g_new0(NetClientState *, s->queues);
+    for (uint32_t i = 0; i < s->queues; i++) {
+        s->ncs[i] = tap_new_unattached(NULL, "tap-transfer", s->name, vnet_hdr);
+    }
+    if (opts->ifname) {
+        pstrcpy(s->ifname, sizeof(s->ifname), opts->ifname);
+    }
+    tap_transfer_set_info(s, "awaiting migration");
+    return true;
+}
+
+static bool tap_transfer_init_running(TapTransferState *s, Error **errp)
+{
+    NetClientState *ncs[TAP_TRANSFER_MAX_QUEUES];
+    int n;
+
+    if (net_init_tap_model(s->opts, "tap-transfer", s->name, NULL, errp) < 0) {
+        return false;
+    }
+    n = qemu_find_net_clients_except(s->name, ncs, NET_CLIENT_DRIVER_NIC,
+                                     TAP_TRANSFER_MAX_QUEUES);
+    s->queues = n;
+    s->ncs = g_memdup2(ncs, n * sizeof(ncs[0]));
+    if (tap_fd_get_ifname(tap_get_fd(ncs[0]), s->ifname)) {
+        s->ifname[0] = '\0';
+    }
+    s->owned_downscript = tap_has_downscript(ncs[0]);
+    s->attached = true;
+    tap_transfer_set_info(s, "own");
+    return true;
+}
+
+static void tap_transfer_free(TapTransferState *s)
+{
+    tap_transfer_close_fds(s->mgmt_fds, s->queues);
+    tap_transfer_close_fds(s->mgmt_vhostfds, s->queues);
+    g_free(s->mgmt_fds);
+    g_free(s->mgmt_vhostfds);
+    qapi_free_NetdevTapOptions(s->opts);
+    g_free(s->ncs);
+    g_free(s->name);
+    g_free(s);
+}
+
+static int net_init_tap_transfer(const Netdev *netdev, const char *name,
+                                 NetClientState *peer, Error **errp)
+{
+    const NetdevTapOptions *opts = &netdev->u.tap_transfer;
+    TapTransferState *s;
+    bool ok;
+
+    assert(netdev->type == NET_CLIENT_DRIVER_TAP_TRANSFER);
+    if (!tap_transfer_check_options(opts, peer, errp)) {
+        return -1;
+    }
+
+    s = g_new0(TapTransferState, 1);
+    s->name = g_strdup(name);
+    s->opts = QAPI_CLONE(NetdevTapOptions, opts);
+    s->queues = opts->has_queues ? opts->queues : 1;
+
+    if (runstate_check(RUN_STATE_INMIGRATE)) {
+        ok = tap_transfer_init_incoming(s, errp);
+    } else {
+        ok = tap_transfer_init_running(s, errp);
+    }
+    if (!ok) {
+        for (uint32_t i = 0; s->ncs && i < s->queues; i++) {
+            if (s->ncs[i]) {
+                qemu_del_net_client(s->ncs[i]);
+                break;
+            }
+        }
+        tap_transfer_free(s);
+        return -1;
+    }
+
+    /*
+     * Registered now, before any -device, so that the section loads
+     * before the NIC's and the NIC finds its backend complete.
+     */
+    vmstate_register(NULL, VMSTATE_INSTANCE_ID_ANY, &vmstate_tap_transfer, s);
+    register_savevm_live("tap-transfer-setup", VMSTATE_INSTANCE_ID_ANY, 1,
+                         &savevm_tap_transfer_handlers, s);
+    s->vm_change = qemu_add_vm_change_state_handler(tap_transfer_vm_change, s);
+    QTAILQ_INSERT_TAIL(&tap_transfer_states, s, next);
+    trace_tap_transfer_init(name, s->queues, runstate_check(RUN_STATE_INMIGRATE));
+    return 0;
+}
+
+static void tap_transfer_register(void)
+{
+    net_client_driver_register(NET_CLIENT_DRIVER_TAP_TRANSFER,
+                               net_init_tap_transfer);
+}
+
+type_init(tap_transfer_register);
