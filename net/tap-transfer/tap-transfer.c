@@ -30,6 +30,7 @@
 #include "qemu/module.h"
 #include "qemu/queue.h"
 #include "monitor/monitor.h"
+#include "qapi/qapi-types-migration.h"
 #include "migration/client-options.h"
 #include "migration/register.h"
 #include "migration/vmstate.h"
@@ -41,6 +42,7 @@
 #include "trace.h"
 
 #define TAP_TRANSFER_MAX_QUEUES 1024
+#define TUN_MISC_MAJOR 10
 #define TUN_MISC_MINOR 200
 
 /* One TAP queue as it travels in the migration stream */
@@ -75,9 +77,9 @@ typedef struct TapTransferState {
     bool stream_transfer;
     uint32_t stream_id_len;
     uint8_t *stream_id;
-    char stream_ifname[IFNAMSIZ];
+    uint8_t stream_ifname[IFNAMSIZ];
     bool stream_owns_downscript;
-    uint32_t stream_queues;
+    int32_t stream_queues;
     TapTransferQueue *stream_queue;
 
     VMChangeStateEntry *vm_change;
@@ -99,7 +101,7 @@ static void tap_transfer_close_fds(int *fds, uint32_t n)
 
 static void tap_transfer_close_stream_fds(TapTransferState *s)
 {
-    for (uint32_t i = 0; s->stream_queue && i < s->stream_queues; i++) {
+    for (int32_t i = 0; s->stream_queue && i < s->stream_queues; i++) {
         if (s->stream_queue[i].fd >= 0) {
             close(s->stream_queue[i].fd);
         }
@@ -191,7 +193,7 @@ static int tap_transfer_pre_save(void *opaque)
          */
         s->ncs[i]->info->poll(s->ncs[i], false);
     }
-    pstrcpy(s->stream_ifname, sizeof(s->stream_ifname), s->ifname);
+    pstrcpy((char *)s->stream_ifname, sizeof(s->stream_ifname), s->ifname);
     s->owned_downscript = tap_has_downscript(s->ncs[0]);
     s->stream_owns_downscript = s->owned_downscript;
     /* The destination owns the TAP now, downscript included */
@@ -226,7 +228,7 @@ static bool tap_transfer_check_fd(TapTransferState *s, uint32_t index,
         return false;
     }
     if (fstat(q->fd, &st) < 0 || !S_ISCHR(st.st_mode) ||
-        major(st.st_rdev) != MISC_MAJOR || minor(st.st_rdev) != TUN_MISC_MINOR) {
+        major(st.st_rdev) != TUN_MISC_MAJOR || minor(st.st_rdev) != TUN_MISC_MINOR) {
         error_setg(errp, "netdev %s: queue %u: received file descriptor is "
                    "not /dev/net/tun", s->name, index);
         return false;
@@ -246,10 +248,10 @@ static bool tap_transfer_check_fd(TapTransferState *s, uint32_t index,
                    "not a TAP device", s->name, index, ifr.ifr_name);
         return false;
     }
-    if (strncmp(ifr.ifr_name, s->stream_ifname, IFNAMSIZ)) {
+    if (strncmp(ifr.ifr_name, (char *)s->stream_ifname, IFNAMSIZ)) {
         error_setg(errp, "netdev %s: queue %u: received TAP device is %s, "
                    "expected %s", s->name, index, ifr.ifr_name,
-                   s->stream_ifname);
+                   (char *)s->stream_ifname);
         return false;
     }
     if (!!(ifr.ifr_flags & IFF_VNET_HDR) != !!q->host_vnet_hdr_len) {
@@ -263,8 +265,8 @@ static bool tap_transfer_check_fd(TapTransferState *s, uint32_t index,
 
 static bool tap_transfer_check_stream(TapTransferState *s, Error **errp)
 {
-    if (s->stream_queues != s->queues) {
-        error_setg(errp, "netdev %s: the source has %u queues, this QEMU "
+    if ((uint32_t)s->stream_queues != s->queues) {
+        error_setg(errp, "netdev %s: the source has %d queues, this QEMU "
                    "was configured with %u", s->name, s->stream_queues,
                    s->queues);
         return false;
@@ -274,13 +276,14 @@ static bool tap_transfer_check_stream(TapTransferState *s, Error **errp)
                    s->name);
         return false;
     }
-    if (s->opts->ifname && strcmp(s->opts->ifname, s->stream_ifname)) {
+    if (s->opts->ifname &&
+        strcmp(s->opts->ifname, (char *)s->stream_ifname)) {
         error_setg(errp, "netdev %s: the source's TAP device is %s, this "
                    "QEMU was configured with ifname=%s", s->name,
-                   s->stream_ifname, s->opts->ifname);
+                   (char *)s->stream_ifname, s->opts->ifname);
         return false;
     }
-    for (uint32_t i = 0; i < s->stream_queues; i++) {
+    for (int32_t i = 0; i < s->stream_queues; i++) {
         if (!tap_transfer_check_fd(s, i, &s->stream_queue[i], errp)) {
             return false;
         }
@@ -314,7 +317,7 @@ static bool tap_transfer_adopt(TapTransferState *s, Error **errp)
         /* The client owns it now */
         q->fd = -1;
     }
-    pstrcpy(s->ifname, sizeof(s->ifname), s->stream_ifname);
+    pstrcpy(s->ifname, sizeof(s->ifname), (char *)s->stream_ifname);
     if (s->stream_owns_downscript) {
         tap_set_downscript(s->ncs[0],
                            tap_transfer_downscript(s, &default_downscript),
@@ -403,7 +406,7 @@ static bool tap_transfer_queue_count_valid(void *opaque, int version_id)
 {
     TapTransferState *s = opaque;
 
-    return s->stream_queues <= TAP_TRANSFER_MAX_QUEUES;
+    return s->stream_queues > 0 && s->stream_queues <= TAP_TRANSFER_MAX_QUEUES;
 }
 
 static const VMStateDescription vmstate_tap_transfer_fds = {
@@ -415,7 +418,7 @@ static const VMStateDescription vmstate_tap_transfer_fds = {
     .fields = (const VMStateField[]) {
         VMSTATE_BUFFER(stream_ifname, TapTransferState),
         VMSTATE_BOOL(stream_owns_downscript, TapTransferState),
-        VMSTATE_UINT32(stream_queues, TapTransferState),
+        VMSTATE_INT32(stream_queues, TapTransferState),
         VMSTATE_VALIDATE("queue count", tap_transfer_queue_count_valid),
         VMSTATE_STRUCT_VARRAY_ALLOC(stream_queue, TapTransferState,
                                     stream_queues, 1,
