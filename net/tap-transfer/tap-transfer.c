@@ -135,6 +135,14 @@ static void tap_transfer_resume(TapTransferState *s)
     g_autofree char *default_downscript = NULL;
 
     for (uint32_t i = 0; i < s->queues; i++) {
+        /*
+         * A destination that received the fds may have made the shared
+         * file description blocking.
+         */
+        if (!g_unix_set_fd_nonblocking(tap_get_fd(s->ncs[i]), true, NULL)) {
+            warn_report("netdev %s: cannot make queue %u non-blocking: %s",
+                        s->name, i, strerror(errno));
+        }
         /* With vhost, vhost_net_start/stop own the polling of the fd */
         if (!tap_get_vhost_net(s->ncs[i])) {
             s->ncs[i]->info->poll(s->ncs[i], true);
@@ -306,6 +314,13 @@ static bool tap_transfer_adopt(TapTransferState *s, Error **errp)
         };
         g_autofree char *vhostfd = NULL;
 
+        /* SCM_RIGHTS reception leaves it blocking */
+        if (!g_unix_set_fd_nonblocking(q->fd, true, NULL)) {
+            error_setg_errno(errp, errno, "netdev %s: queue %u: cannot make "
+                             "the received file descriptor non-blocking",
+                             s->name, i);
+            return false;
+        }
         if (s->mgmt_vhostfds) {
             vhostfd = g_strdup_printf("%d", s->mgmt_vhostfds[i]);
             s->mgmt_vhostfds[i] = -1;

@@ -1,0 +1,44 @@
+#!/usr/bin/python3
+"""Count the test cases of a meson test run from its TAP output.
+
+Prints one line per failed or skipped case and ends with
+"N passed, N failed, N skipped".  Exits non-zero if anything failed.
+"""
+import json
+import re
+import sys
+
+log = sys.argv[1] if len(sys.argv) > 1 else 'build/meson-logs/testlog.json'
+passed = failed = skipped = 0
+try:
+    with open(log) as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+except OSError as e:
+    print(f'test-summary: {e}')
+    print('0 passed, 1 failed')
+    sys.exit(1)
+
+for entry in entries:
+    cases = 0
+    for line in (entry.get('stdout') or '').splitlines():
+        m = re.match(r'(not ok|ok)\s+\d+\s*(?:-\s*)?(\S*)(.*)$', line)
+        if not m:
+            continue
+        cases += 1
+        name = f"{entry['name']}: {m.group(2)}"
+        if m.group(1) == 'not ok' and '# TODO' not in m.group(3):
+            failed += 1
+            print(f'FAIL {name}')
+        elif '# SKIP' in m.group(3):
+            skipped += 1
+            print(f'SKIP {name}{m.group(3).split("# SKIP", 1)[1]}')
+        else:
+            passed += 1
+    # A test binary that crashed or never printed a case still counts
+    if entry['result'] not in ('OK', 'SKIP', 'EXPECTEDFAIL') and \
+       (cases == 0 or not failed):
+        failed += 1
+        print(f"FAIL {entry['name']}: {entry['result']}")
+
+print(f'{passed} passed, {failed} failed, {skipped} skipped')
+sys.exit(1 if failed else 0)
