@@ -12,7 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 src=$("$here/fetch-qemu.sh" "${2:-}")
 "$here/prepare-tree.sh" "$src" "$root/qemu-src"
 "$here/build-qemu.sh" "$root/qemu-src" "$root/qemu-build" \
-    qemu-system-x86_64 qemu-img net-tap-transfer.so accel-qtest-x86_64.so \
+    qemu-system-x86_64 net-tap-transfer.so accel-qtest-x86_64.so \
     tests/qtest/virtio-net-migration-test tests/qtest/qos-test \
     tests/qtest/modules-test tests/qtest/migration-test
 touch "$root/qemu.stamp"
