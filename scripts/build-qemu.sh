@@ -15,6 +15,8 @@ if [ -x /usr/lib/ccache/cc ]; then
     export PATH=/usr/lib/ccache:$PATH
     export CCACHE_DIR=${CCACHE_DIR:-/var/cache/tap-transfer/ccache}
     export CCACHE_NOHASHDIR=1
+    # -iquote paths are absolute: make them relative so clones share hits
+    export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$(dirname "$tree")}
     export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
 fi
 

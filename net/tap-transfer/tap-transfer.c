@@ -236,7 +236,8 @@ static bool tap_transfer_check_fd(TapTransferState *s, uint32_t index,
         return false;
     }
     if (fstat(q->fd, &st) < 0 || !S_ISCHR(st.st_mode) ||
-        major(st.st_rdev) != TUN_MISC_MAJOR || minor(st.st_rdev) != TUN_MISC_MINOR) {
+        major(st.st_rdev) != TUN_MISC_MAJOR ||
+        minor(st.st_rdev) != TUN_MISC_MINOR) {
         error_setg(errp, "netdev %s: queue %u: received file descriptor is "
                    "not /dev/net/tun", s->name, index);
         return false;
@@ -361,7 +362,8 @@ static int tap_transfer_post_load(void *opaque, int version_id)
     if (s->stream_transfer != transfer) {
         error_report("netdev %s: backend-transfer is %s on the source and "
                      "%s here; set it the same on both sides", s->name,
-                     s->stream_transfer ? "on" : "off", transfer ? "on" : "off");
+                     s->stream_transfer ? "on" : "off",
+                     transfer ? "on" : "off");
         goto fail;
     }
     if (!transfer) {
@@ -640,8 +642,9 @@ static bool tap_transfer_init_incoming(TapTransferState *s, Error **errp)
         }
     }
     if (opts->vhostfd || opts->vhostfds) {
-        s->mgmt_vhostfds = tap_transfer_take_fds(opts->vhostfd ?: opts->vhostfds,
-                                                 &nvhostfds, errp);
+        const char *names = opts->vhostfd ?: opts->vhostfds;
+
+        s->mgmt_vhostfds = tap_transfer_take_fds(names, &nvhostfds, errp);
         if (!s->mgmt_vhostfds) {
             return false;
         }
@@ -738,7 +741,8 @@ static int net_init_tap_transfer(const Netdev *netdev, const char *name,
                          &savevm_tap_transfer_handlers, s);
     s->vm_change = qemu_add_vm_change_state_handler(tap_transfer_vm_change, s);
     QTAILQ_INSERT_TAIL(&tap_transfer_states, s, next);
-    trace_tap_transfer_init(name, s->queues, runstate_check(RUN_STATE_INMIGRATE));
+    trace_tap_transfer_init(name, s->queues,
+                            runstate_check(RUN_STATE_INMIGRATE));
     return 0;
 }
 

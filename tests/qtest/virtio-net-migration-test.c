@@ -591,7 +591,7 @@ static void test_refuse_tcp(void)
     qtest_quit(from);
 }
 
-/* On at the source, off at the destination: the load fails, the source goes on */
+/* On at the source, off at the destination: the load fails, the source runs */
 static void test_mismatch(void)
 {
     QTestState *from, *to;
