@@ -28,7 +28,6 @@
 #include "qemu/cutils.h"
 #include "qemu/error-report.h"
 #include "qemu/module.h"
-#include "qemu/queue.h"
 #include "monitor/monitor.h"
 #include "qapi/qapi-types-migration.h"
 #include "migration/client-options.h"
@@ -40,6 +39,10 @@
 #include "net/tap-linux.h"
 #include "system/runstate.h"
 #include "trace.h"
+
+#ifdef CONFIG_LIBCAP_NG
+#include <cap-ng.h>
+#endif
 
 #define TAP_TRANSFER_MAX_QUEUES 1024
 #define TUN_MISC_MAJOR 10
@@ -83,11 +86,9 @@ typedef struct TapTransferState {
     TapTransferQueue *stream_queue;
 
     VMChangeStateEntry *vm_change;
-    QTAILQ_ENTRY(TapTransferState) next;
+    /* Runs when the clients go away: netdev_del, exit */
+    Notifier cleanup;
 } TapTransferState;
-
-static QTAILQ_HEAD(, TapTransferState) tap_transfer_states =
-    QTAILQ_HEAD_INITIALIZER(tap_transfer_states);
 
 static void tap_transfer_close_fds(int *fds, uint32_t n)
 {
@@ -126,6 +127,22 @@ static void tap_transfer_set_info(TapTransferState *s, const char *how)
         qemu_set_info_str(s->ncs[i], "tap-transfer,ifname=%s,queue=%u/%u,%s",
                           s->ifname[0] ? s->ifname : "?", i, s->queues, how);
     }
+}
+
+/*
+ * Opening a TAP by name needs CAP_NET_ADMIN; when that is what failed,
+ * say so rather than leave "Operation not permitted" to be decoded.
+ */
+static void tap_transfer_explain_open_failure(Error **errp)
+{
+    ERRP_GUARD();
+#ifdef CONFIG_LIBCAP_NG
+    capng_get_caps_process();
+    if (!capng_have_capability(CAPNG_EFFECTIVE, CAP_NET_ADMIN)) {
+        error_prepend(errp, "this QEMU lacks CAP_NET_ADMIN, which opening "
+                      "a TAP device needs: ");
+    }
+#endif
 }
 
 /* Source side */
@@ -302,6 +319,7 @@ static bool tap_transfer_check_stream(TapTransferState *s, Error **errp)
 
 static bool tap_transfer_adopt(TapTransferState *s, Error **errp)
 {
+    ERRP_GUARD();
     g_autofree char *default_downscript = NULL;
 
     for (uint32_t i = 0; i < s->queues; i++) {
@@ -469,6 +487,7 @@ static const VMStateDescription vmstate_tap_transfer = {
 
 static bool tap_transfer_attach_own(TapTransferState *s, Error **errp)
 {
+    ERRP_GUARD();
     const NetdevTapOptions *opts = s->opts;
     g_autofree char *default_script = NULL;
     const char *script = opts->script;
@@ -498,6 +517,7 @@ static bool tap_transfer_attach_own(TapTransferState *s, Error **errp)
             fd = net_tap_init(opts, &vnet_hdr, i ? "no" : script, ifname,
                               sizeof(ifname), s->queues > 1, errp);
             if (fd < 0) {
+                tap_transfer_explain_open_failure(errp);
                 return false;
             }
         }
@@ -530,6 +550,7 @@ static bool tap_transfer_attach_own(TapTransferState *s, Error **errp)
  */
 static int tap_transfer_load_setup(QEMUFile *f, void *opaque, Error **errp)
 {
+    ERRP_GUARD();
     TapTransferState *s = opaque;
 
     trace_tap_transfer_load_setup(s->name, migrate_backend_transfer());
@@ -668,10 +689,15 @@ static bool tap_transfer_init_incoming(TapTransferState *s, Error **errp)
 
 static bool tap_transfer_init_running(TapTransferState *s, Error **errp)
 {
+    ERRP_GUARD();
     NetClientState *ncs[TAP_TRANSFER_MAX_QUEUES];
     int n;
 
     if (net_init_tap_model(s->opts, "tap-transfer", s->name, NULL, errp) < 0) {
+        if (!s->opts->fd && !s->opts->fds) {
+            tap_transfer_explain_open_failure(errp);
+        }
+        error_prepend(errp, "netdev %s: ", s->name);
         return false;
     }
     n = qemu_find_net_clients_except(s->name, ncs, NET_CLIENT_DRIVER_NIC,
@@ -697,6 +723,18 @@ static void tap_transfer_free(TapTransferState *s)
     g_free(s->ncs);
     g_free(s->name);
     g_free(s);
+}
+
+static void tap_transfer_cleanup(Notifier *notifier, void *data)
+{
+    TapTransferState *s = container_of(notifier, TapTransferState, cleanup);
+
+    vmstate_unregister(NULL, &vmstate_tap_transfer, s);
+    unregister_savevm(NULL, "tap-transfer-setup", s);
+    qemu_del_vm_change_state_handler(s->vm_change);
+    tap_transfer_close_stream_fds(s);
+    g_free(s->stream_id);
+    tap_transfer_free(s);
 }
 
 static int net_init_tap_transfer(const Netdev *netdev, const char *name,
@@ -740,7 +778,8 @@ static int net_init_tap_transfer(const Netdev *netdev, const char *name,
     register_savevm_live("tap-transfer-setup", VMSTATE_INSTANCE_ID_ANY, 1,
                          &savevm_tap_transfer_handlers, s);
     s->vm_change = qemu_add_vm_change_state_handler(tap_transfer_vm_change, s);
-    QTAILQ_INSERT_TAIL(&tap_transfer_states, s, next);
+    s->cleanup.notify = tap_transfer_cleanup;
+    tap_add_cleanup_notifier(s->ncs[0], &s->cleanup);
     trace_tap_transfer_init(name, s->queues,
                             runstate_check(RUN_STATE_INMIGRATE));
     return 0;

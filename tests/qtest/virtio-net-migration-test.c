@@ -16,9 +16,11 @@
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <linux/if_packet.h>
 #include <linux/if_ether.h>
 #include <linux/kcmp.h>
+#include <linux/if_tun.h>
 #include "libqtest.h"
 #include "qemu/bswap.h"
 #include "qemu/cutils.h"
@@ -113,38 +115,48 @@ static void host_expect(int sock, const char *payload)
     g_assert_cmpuint(lduw_be_p(frame + 2 * ETH_ALEN), ==, TEST_ETHERTYPE);
     g_assert_cmpstr((char *)frame + ETH_HLEN, ==, payload);
 }
+/* Guest side: virtio-net-pci NICs driven through libqos */
 
-/* Guest side: a virtio-net-pci NIC driven through libqos */
-
-typedef struct Guest {
+typedef struct Machine {
     QTestState *qts;
     QGuestAllocator alloc;
     QPCIBus *bus;
+} Machine;
+
+typedef struct Nic {
+    Machine *m;
+    int devfn;
     QVirtioPCIDevice *dev;
     int nqueues;
     QVirtQueue **vqs;
-} Guest;
+} Nic;
 
-static void guest_attach(Guest *g, QTestState *qts)
+static void machine_init(Machine *m, QTestState *qts)
 {
-    QPCIAddress addr = { .devfn = NIC_DEVFN };
-
-    g->qts = qts;
-    g->bus = qpci_new_pc(qts, NULL);
-    g->dev = virtio_pci_new(g->bus, &addr);
-    g_assert_nonnull(g->dev);
-    qvirtio_pci_device_enable(g->dev);
+    m->qts = qts;
+    pc_alloc_init(&m->alloc, qts, ALLOC_NO_FLAGS);
+    m->bus = qpci_new_pc(qts, NULL);
 }
 
-/* Reset the NIC and set up @pairs queue pairs with features as a driver */
-static void guest_start(Guest *g, QTestState *qts, int pairs)
+static void nic_find(Nic *n)
+{
+    QPCIAddress addr = { .devfn = n->devfn };
+
+    n->dev = virtio_pci_new(n->m->bus, &addr);
+    g_assert_nonnull(n->dev);
+    qvirtio_pci_device_enable(n->dev);
+}
+
+/* Reset the NIC in @slot and set up @pairs queue pairs as a driver does */
+static void nic_start(Nic *n, Machine *m, int slot, int pairs)
 {
     QVirtioDevice *vdev;
     uint64_t features;
 
-    pc_alloc_init(&g->alloc, qts, ALLOC_NO_FLAGS);
-    guest_attach(g, qts);
-    vdev = &g->dev->vdev;
+    n->m = m;
+    n->devfn = QPCI_DEVFN(4 + slot, 0);
+    nic_find(n);
+    vdev = &n->dev->vdev;
     qvirtio_start_device(vdev);
     features = qvirtio_get_features(vdev);
     features &= ~(QVIRTIO_F_BAD_FEATURE |
@@ -154,116 +166,141 @@ static void guest_start(Guest *g, QTestState *qts, int pairs)
         features &= ~(1ull << VIRTIO_NET_F_MQ);
     }
     qvirtio_set_features(vdev, features);
-    g->nqueues = pairs * 2 + !!(features & (1ull << VIRTIO_NET_F_CTRL_VQ));
-    g->vqs = g_new0(QVirtQueue *, g->nqueues);
-    for (int i = 0; i < g->nqueues; i++) {
-        g->vqs[i] = qvirtqueue_setup(vdev, &g->alloc, i);
+    n->nqueues = pairs * 2 + !!(features & (1ull << VIRTIO_NET_F_CTRL_VQ));
+    n->vqs = g_new0(QVirtQueue *, n->nqueues);
+    for (int i = 0; i < n->nqueues; i++) {
+        n->vqs[i] = qvirtqueue_setup(vdev, &m->alloc, i);
     }
     qvirtio_set_driver_ok(vdev);
 }
 
-/* The NIC was migrated: drive it in its new process, keeping its rings */
-static void guest_migrated(Guest *g, QTestState *qts)
+static void nic_forget_device(Nic *n)
 {
-    g_free(g->dev->pdev);
-    g_free(g->dev);
-    qpci_free_pc(g->bus);
-    guest_attach(g, qts);
+    g_free(n->dev->pdev);
+    g_free(n->dev);
+    n->dev = NULL;
 }
 
-static void guest_release(Guest *g)
+/*
+ * The machine was migrated: drive its NICs, in the order they were
+ * started, in the new process; their rings live on in guest memory.
+ */
+static void machine_migrated(Machine *m, QTestState *qts, Nic *nics, int n)
 {
-    for (int i = 0; i < g->nqueues; i++) {
-        qvirtqueue_cleanup(g->dev->vdev.bus, g->vqs[i], &g->alloc);
+    for (int i = 0; i < n; i++) {
+        nic_forget_device(&nics[i]);
     }
-    g_free(g->vqs);
-    g_free(g->dev->pdev);
-    g_free(g->dev);
-    qpci_free_pc(g->bus);
-    alloc_destroy(&g->alloc);
+    qpci_free_pc(m->bus);
+    m->qts = qts;
+    m->bus = qpci_new_pc(qts, NULL);
+    for (int i = 0; i < n; i++) {
+        nic_find(&nics[i]);
+    }
+}
+
+static void nic_release(Nic *n)
+{
+    for (int i = 0; i < n->nqueues; i++) {
+        qvirtqueue_cleanup(n->dev->vdev.bus, n->vqs[i], &n->m->alloc);
+    }
+    g_free(n->vqs);
+    nic_forget_device(n);
+}
+
+static void machine_release(Machine *m)
+{
+    qpci_free_pc(m->bus);
+    alloc_destroy(&m->alloc);
 }
 
 /*
  * Poll the used ring rather than wait for an interrupt: one interrupt
  * can stand for many buffers.
  */
-static void guest_wait_used(Guest *g, QVirtQueue *vq, uint32_t head)
+static void nic_wait_used(Nic *n, QVirtQueue *vq, uint32_t head)
 {
     gint64 deadline = g_get_monotonic_time() + TIMEOUT_US;
     uint32_t got;
 
-    while (!qvirtqueue_get_buf(g->qts, vq, &got, NULL)) {
+    while (!qvirtqueue_get_buf(n->m->qts, vq, &got, NULL)) {
         g_assert_cmpint(g_get_monotonic_time(), <, deadline);
         g_usleep(1000);
     }
     g_assert_cmpuint(got, ==, head);
 }
 
-static uint64_t guest_post_rx(Guest *g, int pair, uint32_t *head)
+static uint64_t nic_post_rx(Nic *n, int pair, uint32_t *head)
 {
-    uint64_t buf = guest_alloc(&g->alloc, RX_BUF_SIZE);
+    uint64_t buf = guest_alloc(&n->m->alloc, RX_BUF_SIZE);
 
-    *head = qvirtqueue_add(g->qts, g->vqs[pair * 2], buf, RX_BUF_SIZE,
+    *head = qvirtqueue_add(n->m->qts, n->vqs[pair * 2], buf, RX_BUF_SIZE,
                            true, false);
-    qvirtqueue_kick(g->qts, &g->dev->vdev, g->vqs[pair * 2], *head);
+    qvirtqueue_kick(n->m->qts, &n->dev->vdev, n->vqs[pair * 2], *head);
     return buf;
 }
 
-static void guest_expect_rx(Guest *g, int pair, uint64_t buf, uint32_t head,
-                            const char *payload)
+static void nic_expect_rx(Nic *n, int pair, uint64_t buf, uint32_t head,
+                          const char *payload)
 {
     uint8_t frame[ETH_FRAME_LEN];
 
-    guest_wait_used(g, g->vqs[pair * 2], head);
-    qtest_memread(g->qts, buf + VNET_HDR_SIZE, frame, sizeof(frame));
+    nic_wait_used(n, n->vqs[pair * 2], head);
+    qtest_memread(n->m->qts, buf + VNET_HDR_SIZE, frame, sizeof(frame));
     g_assert_cmpuint(lduw_be_p(frame + 2 * ETH_ALEN), ==, TEST_ETHERTYPE);
     g_assert_cmpstr((char *)frame + ETH_HLEN, ==, payload);
+    guest_free(&n->m->alloc, buf);
 }
 
-static void guest_tx(Guest *g, int pair, const char *payload)
+static void nic_tx(Nic *n, int pair, const char *payload)
 {
     uint8_t pkt[VNET_HDR_SIZE + ETH_FRAME_LEN] = { 0 };
     size_t len = make_frame(pkt + VNET_HDR_SIZE, host_mac, guest_mac, payload);
-    uint64_t buf = guest_alloc(&g->alloc, sizeof(pkt));
-    QVirtQueue *vq = g->vqs[pair * 2 + 1];
+    uint64_t buf = guest_alloc(&n->m->alloc, sizeof(pkt));
+    QVirtQueue *vq = n->vqs[pair * 2 + 1];
     uint32_t head;
 
-    qtest_memwrite(g->qts, buf, pkt, VNET_HDR_SIZE + len);
-    head = qvirtqueue_add(g->qts, vq, buf, VNET_HDR_SIZE + len, false, false);
-    qvirtqueue_kick(g->qts, &g->dev->vdev, vq, head);
-    guest_wait_used(g, vq, head);
-    guest_free(&g->alloc, buf);
+    qtest_memwrite(n->m->qts, buf, pkt, VNET_HDR_SIZE + len);
+    head = qvirtqueue_add(n->m->qts, vq, buf, VNET_HDR_SIZE + len, false,
+                          false);
+    qvirtqueue_kick(n->m->qts, &n->dev->vdev, vq, head);
+    nic_wait_used(n, vq, head);
+    guest_free(&n->m->alloc, buf);
 }
 
 /* One frame each way on queue pair @pair */
-static void check_traffic(Guest *g, int sock, int pair, const char *tag)
+static void check_traffic(Nic *n, int sock, int pair, const char *tag)
 {
     g_autofree char *rx = g_strdup_printf("rx-%s-%d", tag, pair);
     g_autofree char *tx = g_strdup_printf("tx-%s-%d", tag, pair);
     uint32_t head;
-    uint64_t buf = guest_post_rx(g, pair, &head);
+    uint64_t buf = nic_post_rx(n, pair, &head);
 
     host_send(sock, rx);
-    guest_expect_rx(g, pair, buf, head, rx);
-    guest_free(&g->alloc, buf);
+    nic_expect_rx(n, pair, buf, head, rx);
 
-    guest_tx(g, pair, tx);
+    nic_tx(n, pair, tx);
     host_expect(sock, tx);
 }
 
 /* Processes */
 
-static QTestState *start_qemu(const char *netdev, int pairs,
-                              const char *extra)
+static QTestState *start_qemu_as(const char *binary_var, const char *netdev,
+                                 int pairs, const char *extra)
 {
     g_autofree char *mq = pairs > 1 ?
         g_strdup_printf(",mq=on,vectors=%d", 2 * pairs + 2) : g_strdup("");
+    g_autofree char *args = g_strdup_printf(
+        "-M pc -m 64 -nodefaults -netdev tap-transfer,id=n0,%s "
+        "-device virtio-net-pci,netdev=n0,addr=04.0,mac=" GUEST_MAC "%s %s",
+        netdev, mq, extra ?: "");
 
-    return qtest_initf("-M pc -m 64 -nodefaults "
-                       "-netdev tap-transfer,id=n0,%s "
-                       "-device virtio-net-pci,netdev=n0,addr=04.0,"
-                       "mac=" GUEST_MAC "%s %s",
-                       netdev, mq, extra ?: "");
+    return qtest_init_with_env(binary_var, args, true);
+}
+
+static QTestState *start_qemu(const char *netdev, int pairs,
+                              const char *extra)
+{
+    return start_qemu_as(NULL, netdev, pairs, extra);
 }
 
 static char *migration_uri(void)
@@ -271,26 +308,53 @@ static char *migration_uri(void)
     return g_strdup_printf("unix:%s/migsock", tmpdir);
 }
 
-static QTestState *start_dest(const char *netdev, int pairs, bool transfer,
-                              const char *extra)
+typedef struct DestOptions {
+    const char *binary_var;
+    const char *extra;
+    /* Stay alive after a failed load, to be inspected */
+    bool keep_on_error;
+} DestOptions;
+
+static QTestState *start_dest_opts(const char *netdev, int pairs,
+                                   bool transfer, const DestOptions *opts)
 {
     g_autofree char *args = g_strdup_printf("-incoming defer %s",
-                                            extra ?: "");
+                                            opts->extra ?: "");
     g_autofree char *uri = migration_uri();
-    QTestState *to = start_qemu(netdev, pairs, args);
+    QTestState *to = start_qemu_as(opts->binary_var, netdev, pairs, args);
 
     migrate_set_parameter_bool(to, "backend-transfer", transfer);
-    migrate_incoming_qmp(to, uri, NULL, "{}");
+    if (opts->keep_on_error) {
+        migrate_incoming_qmp(to, uri, NULL, "{ 'exit-on-error': false }");
+    } else {
+        migrate_incoming_qmp(to, uri, NULL, "{}");
+    }
     return to;
 }
 
-static void migrate_to(QTestState *from, QTestState *to, bool transfer)
+static QTestState *start_dest(const char *netdev, int pairs, bool transfer,
+                              const char *extra)
+{
+    DestOptions opts = { .extra = extra };
+
+    return start_dest_opts(netdev, pairs, transfer, &opts);
+}
+
+static void migrate_start(QTestState *from, QTestState *to, bool transfer)
 {
     g_autofree char *uri = migration_uri();
 
     migrate_set_parameter_bool(from, "backend-transfer", transfer);
     migrate_qmp(from, to, uri, NULL, "{}");
+}
+
+static void migrate_to(QTestState *from, QTestState *to, bool transfer)
+{
+    migrate_start(from, to, transfer);
     wait_for_migration_complete(from);
+    g_test_message("downtime with backend-transfer %s: %" PRId64 " ms",
+                   transfer ? "on" : "off",
+                   read_migrate_property_int(from, "downtime"));
 }
 
 /* The /dev/net/tun fds of process @pid */
@@ -314,9 +378,45 @@ static GArray *tun_fds(pid_t pid)
     return fds;
 }
 
+static unsigned count_tun_fds(pid_t pid)
+{
+    g_autoptr(GArray) fds = tun_fds(pid);
+
+    return fds->len;
+}
+
+static unsigned count_fds(pid_t pid)
+{
+    g_autofree char *dirname = g_strdup_printf("/proc/%d/fd", pid);
+    g_autoptr(GDir) dir = g_dir_open(dirname, 0, NULL);
+    unsigned n = 0;
+
+    g_assert_nonnull(dir);
+    while (g_dir_read_name(dir)) {
+        n++;
+    }
+    return n;
+}
+
 static bool same_file(pid_t pid1, int fd1, pid_t pid2, int fd2)
 {
     return syscall(SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) == 0;
+}
+
+/* Every source fd has a twin in the destination: the same open file */
+static void assert_same_files(pid_t src, GArray *src_fds, pid_t dst,
+                              GArray *dst_fds)
+{
+    g_assert_cmpuint(src_fds->len, ==, dst_fds->len);
+    for (guint i = 0; i < src_fds->len; i++) {
+        bool found = false;
+
+        for (guint j = 0; j < dst_fds->len && !found; j++) {
+            found = same_file(src, g_array_index(src_fds, int, i),
+                              dst, g_array_index(dst_fds, int, j));
+        }
+        g_assert_true(found);
+    }
 }
 
 static unsigned count_links(void)
@@ -341,59 +441,120 @@ static bool need_tap(void)
     return true;
 }
 
-/* Tests */
-
-static void test_rx_tx(void)
+/* A failed migration restarts the VM from a bottom half: wait for it */
+static void wait_running(QTestState *qts)
 {
-    QTestState *qts;
-    Guest g = { 0 };
-    int sock;
+    gint64 deadline = g_get_monotonic_time() + TIMEOUT_US;
 
-    if (!need_tap()) {
-        return;
+    for (;;) {
+        QDict *rsp = qtest_qmp_assert_success_ref(
+            qts, "{ 'execute': 'query-status' }");
+        bool running = qdict_get_bool(rsp, "running");
+
+        qobject_unref(rsp);
+        if (running) {
+            return;
+        }
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10 * 1000);
     }
-    qts = start_qemu("ifname=tt0,script=no,downscript=no", 1, NULL);
-    sock = host_tap_attach("tt0");
-    guest_start(&g, qts, 1);
-
-    check_traffic(&g, sock, 0, "plain");
-
-    guest_release(&g);
-    close(sock);
-    qtest_quit(qts);
 }
 
-static void test_multiqueue(void)
+/*
+ * A migration the destination refuses, kept alive to be inspected: it
+ * must hold none of the fds it received, only @own_fds of a TAP it
+ * opened itself.  Once it goes, the
+ * source's migration ends; without a return path the source may have
+ * finished sending before the refusal, and management resumes it, as
+ * the test does.  Either way the source runs again.
+ */
+static void migrate_refused(QTestState *from, QTestState *to, bool transfer,
+                            unsigned own_fds)
 {
-    g_autoptr(GArray) fds = NULL;
-    QTestState *qts;
-    Guest g = { 0 };
-    int sock;
+    g_autofree char *status = NULL;
+    QDict *rsp;
 
-    if (!need_tap()) {
-        return;
+    migrate_start(from, to, transfer);
+    do {
+        g_free(status);
+        g_usleep(10 * 1000);
+        status = migrate_query_status(to);
+    } while (strcmp(status, "failed"));
+    rsp = qtest_qmp_assert_success_ref(to, "{ 'execute': 'query-migrate' }");
+    g_test_message("destination: %s", qdict_get_try_str(rsp, "error-desc"));
+    qobject_unref(rsp);
+    g_assert_cmpuint(count_tun_fds(qtest_pid(to)), ==, own_fds);
+    qtest_quit(to);
+
+    do {
+        g_free(status);
+        g_usleep(10 * 1000);
+        status = migrate_query_status(from);
+    } while (strcmp(status, "failed") && strcmp(status, "completed"));
+    if (!strcmp(status, "completed")) {
+        qtest_qmp_assert_success(from, "{ 'execute': 'cont' }");
     }
-    qts = start_qemu("ifname=tt0,queues=4,script=no,downscript=no", 4, NULL);
-    sock = host_tap_attach("tt0");
-    guest_start(&g, qts, 4);
-    fds = tun_fds(qtest_pid(qts));
-    g_assert_cmpuint(fds->len, ==, 4);
-
-    /*
-     * The kernel steers host-to-guest frames by flow; with one flow they
-     * all take one queue.  Guest-to-host works per queue.
-     */
-    for (int pair = 0; pair < 4; pair++) {
-        g_autofree char *tx = g_strdup_printf("mq-tx-%d", pair);
-
-        guest_tx(&g, pair, tx);
-        host_expect(sock, tx);
-    }
-
-    guest_release(&g);
-    close(sock);
-    qtest_quit(qts);
+    wait_running(from);
 }
+
+/* A VM with one NIC on netdev n0, TAP tt0, and the host end of tt0 */
+typedef struct Vm {
+    QTestState *qts;
+    Machine m;
+    Nic nic;
+    int sock;
+} Vm;
+
+static void vm_start(Vm *vm, const char *netdev, int pairs, const char *extra)
+{
+    vm->qts = start_qemu(netdev, pairs, extra);
+    vm->sock = host_tap_attach("tt0");
+    machine_init(&vm->m, vm->qts);
+    nic_start(&vm->nic, &vm->m, 0, pairs);
+}
+
+static void vm_migrated(Vm *vm, QTestState *to)
+{
+    vm->qts = to;
+    machine_migrated(&vm->m, to, &vm->nic, 1);
+}
+
+static void vm_release(Vm *vm)
+{
+    nic_release(&vm->nic);
+    machine_release(&vm->m);
+    close(vm->sock);
+}
+
+/* Running the QEMU binary directly, for what happens before qtest can */
+static bool run_qemu(const char *const *prefix, const char *binary,
+                     const char *const *args, char **out, char **err)
+{
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+    g_auto(GStrv) envp = g_environ_unsetenv(g_get_environ(),
+                                            "QEMU_MODULE_DIR");
+    int status;
+
+    for (; prefix && *prefix; prefix++) {
+        g_ptr_array_add(argv, (char *)*prefix);
+    }
+    g_ptr_array_add(argv, (char *)binary);
+    for (; *args; args++) {
+        g_ptr_array_add(argv, (char *)*args);
+    }
+    g_ptr_array_add(argv, NULL);
+    g_assert_true(g_spawn_sync(NULL, (char **)argv->pdata, envp,
+                               G_SPAWN_SEARCH_PATH, NULL, NULL, out, err,
+                               &status, NULL));
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+static void assert_one_line(const char *text)
+{
+    g_assert_cmpint(strchr(text, '\n') - text, ==, strlen(text) - 1);
+}
+
+/* Tests without migration */
 
 static void test_module_missing(void)
 {
@@ -401,13 +562,10 @@ static void test_module_missing(void)
     g_autofree char *lonely = g_build_filename(tmpdir, "qemu-no-modules",
                                                NULL);
     g_autofree char *err = NULL;
-    const char *argv[] = {
-        lonely, "-M", "none", "-display", "none",
+    const char *args[] = {
+        "-M", "none", "-display", "none",
         "-netdev", "tap-transfer,id=n0,ifname=tt9", NULL
     };
-    g_auto(GStrv) envp = g_environ_unsetenv(g_get_environ(),
-                                            "QEMU_MODULE_DIR");
-    int status;
 
     g_assert_nonnull(qemu);
     /* Same binary, in a directory with no modules next to it */
@@ -419,51 +577,115 @@ static void test_module_missing(void)
         g_assert_true(g_file_set_contents(lonely, contents, len, NULL));
         g_assert_cmpint(chmod(lonely, 0755), ==, 0);
     }
-    g_assert_true(g_spawn_sync(NULL, (char **)argv, envp, 0, NULL, NULL,
-                               NULL, &err, &status, NULL));
+    g_assert_false(run_qemu(NULL, lonely, args, NULL, &err));
     unlink(lonely);
 
-    g_assert_false(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     g_assert_nonnull(strstr(err, "network backend 'tap-transfer' is not "
                             "available: module 'net-tap-transfer' not found"));
-    /* One line */
-    g_assert_cmpint(strchr(err, '\n') - err, ==, strlen(err) - 1);
+    assert_one_line(err);
 }
 
-/* Every source fd has a twin in the destination: the same open file */
-static void assert_same_files(pid_t src, GArray *src_fds, pid_t dst,
-                              GArray *dst_fds)
+static void test_netdev_help(void)
 {
-    g_assert_cmpuint(src_fds->len, ==, dst_fds->len);
-    for (guint i = 0; i < src_fds->len; i++) {
-        bool found = false;
+    g_autofree char *out = NULL;
+    const char *args[] = { "-netdev", "help", NULL };
 
-        for (guint j = 0; j < dst_fds->len && !found; j++) {
-            found = same_file(src, g_array_index(src_fds, int, i),
-                              dst, g_array_index(dst_fds, int, j));
-        }
-        g_assert_true(found);
+    g_assert_true(run_qemu(NULL, g_getenv("QTEST_QEMU_BINARY"), args, &out,
+                           NULL));
+    g_assert_nonnull(strstr(out, "\ntap-transfer\n"));
+}
+
+static void test_bad_options(void)
+{
+    g_autofree char *err = NULL;
+    const char *args[] = {
+        "-M", "none", "-display", "none",
+        "-netdev", "tap-transfer,id=n0,helper=/bin/true", NULL
+    };
+
+    g_assert_false(run_qemu(NULL, g_getenv("QTEST_QEMU_BINARY"), args, NULL,
+                            &err));
+    g_assert_nonnull(strstr(err, "helper= and br= are not supported by "
+                            "tap-transfer"));
+    assert_one_line(err);
+}
+
+static void test_rx_tx(void)
+{
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
     }
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    check_traffic(&vm.nic, vm.sock, 0, "plain");
+    vm_release(&vm);
+    qtest_quit(vm.qts);
 }
 
-static void do_handover(const char *netdev, int pairs)
+static void test_multiqueue(void)
 {
-    QTestState *from, *to;
-    Guest g = { 0 };
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, "ifname=tt0,queues=4,script=no,downscript=no", 4, NULL);
+    g_assert_cmpuint(count_tun_fds(qtest_pid(vm.qts)), ==, 4);
+
+    /*
+     * The kernel steers host-to-guest frames by flow; with one flow they
+     * all take one queue.  Guest-to-host works per queue.
+     */
+    for (int pair = 0; pair < 4; pair++) {
+        g_autofree char *tx = g_strdup_printf("mq-tx-%d", pair);
+
+        nic_tx(&vm.nic, pair, tx);
+        host_expect(vm.sock, tx);
+    }
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+/* The destination needs no network privilege to adopt the TAP */
+static void test_unprivileged_open(void)
+{
+    g_autofree char *err = NULL;
+    const char *setpriv[] = { "setpriv", "--bounding-set=-all", NULL };
+    const char *args[] = {
+        "-M", "none", "-display", "none",
+        "-netdev", "tap-transfer,id=n0,ifname=tt9,script=no,downscript=no",
+        NULL
+    };
+
+    if (!need_tap()) {
+        return;
+    }
+    g_assert_false(run_qemu(setpriv, g_getenv("QTEST_QEMU_BINARY"), args,
+                            NULL, &err));
+    g_assert_nonnull(strstr(err, "netdev n0: this QEMU lacks CAP_NET_ADMIN"));
+    assert_one_line(err);
+}
+
+/* Handover */
+
+static void do_handover(const char *netdev, int pairs,
+                        const char *dest_binary_var)
+{
+    DestOptions dest = { .binary_var = dest_binary_var };
     g_autoptr(GArray) src_fds = NULL;
     g_autoptr(GArray) dst_fds = NULL;
     unsigned ifindex, links;
     uint64_t features;
-    int sock;
+    QTestState *to;
+    Vm vm = { 0 };
 
-    from = start_qemu(netdev, pairs, NULL);
-    sock = host_tap_attach("tt0");
+    vm_start(&vm, netdev, pairs, NULL);
     ifindex = if_nametoindex("tt0");
     links = count_links();
-    guest_start(&g, from, pairs);
-    features = qvirtio_get_features(&g.dev->vdev);
-    check_traffic(&g, sock, 0, "before");
-    src_fds = tun_fds(qtest_pid(from));
+    features = qvirtio_get_features(&vm.nic.dev->vdev);
+    check_traffic(&vm.nic, vm.sock, 0, "before");
+    src_fds = tun_fds(qtest_pid(vm.qts));
     g_assert_cmpuint(src_fds->len, ==, pairs);
 
     /*
@@ -471,50 +693,44 @@ static void do_handover(const char *netdev, int pairs)
      * opened it, a single-queue one would have failed with EBUSY, and
      * a multiqueue one would show more queues.
      */
-    to = start_dest(netdev, pairs, true, NULL);
-    dst_fds = tun_fds(qtest_pid(to));
-    g_assert_cmpuint(dst_fds->len, ==, 0);
-    g_array_free(dst_fds, true);
-    migrate_to(from, to, true);
+    to = start_dest_opts(netdev, pairs, true, &dest);
+    g_assert_cmpuint(count_tun_fds(qtest_pid(to)), ==, 0);
+    migrate_to(vm.qts, to, true);
     qtest_qmp_eventwait(to, "RESUME");
 
     dst_fds = tun_fds(qtest_pid(to));
-    assert_same_files(qtest_pid(from), src_fds, qtest_pid(to), dst_fds);
+    assert_same_files(qtest_pid(vm.qts), src_fds, qtest_pid(to), dst_fds);
     g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
     g_assert_cmpuint(count_links(), ==, links);
 
-    guest_migrated(&g, to);
+    /* The source's exit leaves the TAP to the destination */
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
     /* What the guest negotiated is still offered */
-    g_assert_cmphex(qvirtio_get_features(&g.dev->vdev), ==, features);
-    check_traffic(&g, sock, 0, "after");
+    g_assert_cmphex(qvirtio_get_features(&vm.nic.dev->vdev), ==, features);
+    check_traffic(&vm.nic, vm.sock, 0, "after");
     for (int pair = 1; pair < pairs; pair++) {
         g_autofree char *tx = g_strdup_printf("after-tx-%d", pair);
 
-        guest_tx(&g, pair, tx);
-        host_expect(sock, tx);
+        nic_tx(&vm.nic, pair, tx);
+        host_expect(vm.sock, tx);
     }
-
-    /* The source's exit leaves the TAP to the destination */
-    qtest_quit(from);
-    g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
-    check_traffic(&g, sock, 0, "alone");
-
-    guest_release(&g);
-    close(sock);
+    vm_release(&vm);
     qtest_quit(to);
 }
 
 static void test_handover(void)
 {
     if (need_tap()) {
-        do_handover("ifname=tt0,script=no,downscript=no", 1);
+        do_handover("ifname=tt0,script=no,downscript=no", 1, NULL);
     }
 }
 
 static void test_handover_multiqueue(void)
 {
     if (need_tap()) {
-        do_handover("ifname=tt0,queues=4,script=no,downscript=no", 4);
+        do_handover("ifname=tt0,queues=4,script=no,downscript=no", 4, NULL);
     }
 }
 
@@ -527,7 +743,115 @@ static void test_handover_vhost(void)
         g_test_skip("no /dev/vhost-net on this host");
         return;
     }
-    do_handover("ifname=tt0,script=no,downscript=no,vhost=on", 1);
+    do_handover("ifname=tt0,script=no,downscript=no,vhost=on", 1, NULL);
+}
+
+/* A destination with every capability dropped adopts the TAP */
+static void test_handover_unprivileged(void)
+{
+    g_autofree char *wrapped = NULL;
+
+    if (!need_tap()) {
+        return;
+    }
+    wrapped = g_strdup_printf("setpriv --bounding-set=-all %s",
+                              g_getenv("QTEST_QEMU_BINARY"));
+    g_setenv("TAP_TRANSFER_UNPRIVILEGED_QEMU", wrapped, true);
+    do_handover("ifname=tt0,script=no,downscript=no", 1,
+                "TAP_TRANSFER_UNPRIVILEGED_QEMU");
+}
+
+/* ...but with backend-transfer off it must open a TAP, and cannot */
+static void test_unprivileged_transfer_off(void)
+{
+    DestOptions dest = {
+        .binary_var = "TAP_TRANSFER_UNPRIVILEGED_QEMU",
+        .keep_on_error = true,
+    };
+    g_autofree char *log = g_build_filename(tmpdir, "unprivileged.log", NULL);
+    g_autofree char *wrapped = NULL;
+    g_autofree char *err = NULL;
+    QTestState *to;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    /* QMP only says the load failed; the reason is on stderr */
+    wrapped = g_strdup_printf("2>%s setpriv --bounding-set=-all %s", log,
+                              g_getenv("QTEST_QEMU_BINARY"));
+    g_setenv("TAP_TRANSFER_UNPRIVILEGED_QEMU", wrapped, true);
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    to = start_dest_opts("ifname=tt1,script=no,downscript=no", 1, false,
+                         &dest);
+    migrate_refused(vm.qts, to, false, 0);
+    g_assert_cmpuint(if_nametoindex("tt1"), ==, 0);
+    g_assert_true(g_file_get_contents(log, &err, NULL, NULL));
+    g_assert_nonnull(strstr(err, "netdev n0: this QEMU lacks CAP_NET_ADMIN, "
+                            "which opening a TAP device needs: could not "
+                            "configure /dev/net/tun (tt1): Operation not "
+                            "permitted\n"));
+    unlink(log);
+    check_traffic(&vm.nic, vm.sock, 0, "kept");
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+/* Four netdevs of two queues each in one VM: every queue moves */
+static void test_four_netdevs(void)
+{
+    enum { NICS = 4, PAIRS = 2 };
+    Machine m = { 0 };
+    Nic nics[NICS] = { 0 };
+    int socks[NICS];
+    GString *args = g_string_new("-M pc -m 64 -nodefaults");
+    g_autofree char *dest_args = NULL;
+    g_autofree char *uri = migration_uri();
+    QTestState *from, *to;
+
+    if (!need_tap()) {
+        g_string_free(args, true);
+        return;
+    }
+    for (int i = 0; i < NICS; i++) {
+        g_string_append_printf(args, " -netdev tap-transfer,id=n%d,ifname=tt%d,"
+                               "queues=%d,script=no,downscript=no "
+                               "-device virtio-net-pci,netdev=n%d,addr=%02x.0,"
+                               "mac=52:54:00:12:34:5%d,mq=on,vectors=%d",
+                               i, i, PAIRS, i, 4 + i, 6 + i, 2 * PAIRS + 2);
+    }
+    from = qtest_init(args->str);
+    machine_init(&m, from);
+    for (int i = 0; i < NICS; i++) {
+        g_autofree char *ifname = g_strdup_printf("tt%d", i);
+
+        socks[i] = host_tap_attach(ifname);
+        nic_start(&nics[i], &m, i, PAIRS);
+    }
+
+    dest_args = g_strdup_printf("%s -incoming defer", args->str);
+    to = qtest_init(dest_args);
+    migrate_set_parameter_bool(to, "backend-transfer", true);
+    migrate_incoming_qmp(to, uri, NULL, "{}");
+    migrate_to(from, to, true);
+    qtest_qmp_eventwait(to, "RESUME");
+    g_assert_cmpuint(count_tun_fds(qtest_pid(to)), ==, NICS * PAIRS);
+    qtest_quit(from);
+
+    machine_migrated(&m, to, nics, NICS);
+    for (int i = 0; i < NICS; i++) {
+        for (int pair = 0; pair < PAIRS; pair++) {
+            g_autofree char *tx = g_strdup_printf("nic%d-pair%d", i, pair);
+
+            nic_tx(&nics[i], pair, tx);
+            host_expect(socks[i], tx);
+        }
+        nic_release(&nics[i]);
+        close(socks[i]);
+    }
+    machine_release(&m);
+    qtest_quit(to);
+    g_string_free(args, true);
 }
 
 /*
@@ -538,42 +862,37 @@ static void test_zero_loss(void)
 {
     const char *netdev = "ifname=tt0,script=no,downscript=no";
     enum { FRAMES = 16 };
-    QTestState *from, *to;
-    Guest g = { 0 };
     uint64_t bufs[FRAMES];
     uint32_t heads[FRAMES];
-    int sock;
+    QTestState *to;
+    Vm vm = { 0 };
 
     if (!need_tap()) {
         return;
     }
-    from = start_qemu(netdev, 1, NULL);
-    sock = host_tap_attach("tt0");
-    guest_start(&g, from, 1);
+    vm_start(&vm, netdev, 1, NULL);
     for (int i = 0; i < FRAMES; i++) {
-        bufs[i] = guest_post_rx(&g, 0, &heads[i]);
+        bufs[i] = nic_post_rx(&vm.nic, 0, &heads[i]);
     }
 
     /* -S: the destination stays paused after the migration */
     to = start_dest(netdev, 1, true, "-S");
-    migrate_to(from, to, true);
+    migrate_to(vm.qts, to, true);
     for (int i = 0; i < FRAMES; i++) {
         g_autofree char *payload = g_strdup_printf("gap-%d", i);
 
-        host_send(sock, payload);
+        host_send(vm.sock, payload);
     }
     qtest_qmp_assert_success(to, "{ 'execute': 'cont' }");
 
-    guest_migrated(&g, to);
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
     for (int i = 0; i < FRAMES; i++) {
         g_autofree char *payload = g_strdup_printf("gap-%d", i);
 
-        guest_expect_rx(&g, 0, bufs[i], heads[i], payload);
+        nic_expect_rx(&vm.nic, 0, bufs[i], heads[i], payload);
     }
-
-    guest_release(&g);
-    close(sock);
-    qtest_quit(from);
+    vm_release(&vm);
     qtest_quit(to);
 }
 
@@ -581,107 +900,395 @@ static void test_zero_loss(void)
 static void test_transfer_off(void)
 {
     QTestState *from, *to;
-    Guest g = { 0 };
-    int sock0, sock1;
+    Vm vm = { 0 };
+    int sock1;
 
     if (!need_tap()) {
         return;
     }
-    from = start_qemu("ifname=tt0,script=no,downscript=no", 1, NULL);
-    sock0 = host_tap_attach("tt0");
-    guest_start(&g, from, 1);
-    check_traffic(&g, sock0, 0, "src");
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    check_traffic(&vm.nic, vm.sock, 0, "src");
 
     to = start_dest("ifname=tt1,script=no,downscript=no", 1, false, NULL);
-    migrate_to(from, to, false);
+    migrate_to(vm.qts, to, false);
     qtest_qmp_eventwait(to, "RESUME");
     sock1 = host_tap_attach("tt1");
 
-    guest_migrated(&g, to);
-    check_traffic(&g, sock1, 0, "dst");
-
-    guest_release(&g);
-    close(sock0);
+    from = vm.qts;
+    vm_migrated(&vm, to);
+    check_traffic(&vm.nic, sock1, 0, "dst");
+    vm_release(&vm);
     close(sock1);
     qtest_quit(from);
     qtest_quit(to);
 }
 
-static void test_refuse_tcp(void)
+/* A deleted netdev takes its migration state with it */
+static void test_netdev_del(void)
 {
-    QTestState *from;
-    Guest g = { 0 };
-    QDict *rsp;
-    int sock;
+    const char *netdev = "ifname=tt0,script=no,downscript=no";
+    QTestState *to;
+    Vm vm = { 0 };
 
     if (!need_tap()) {
         return;
     }
-    from = start_qemu("ifname=tt0,script=no,downscript=no", 1, NULL);
-    sock = host_tap_attach("tt0");
-    guest_start(&g, from, 1);
+    vm_start(&vm, netdev, 1, NULL);
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'netdev_add', 'arguments':"
+                             " { 'type': 'tap-transfer', 'id': 'n1',"
+                             "   'ifname': 'tt5', 'script': 'no',"
+                             "   'downscript': 'no' } }");
+    g_assert_cmpuint(if_nametoindex("tt5"), !=, 0);
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'netdev_del',"
+                             " 'arguments': { 'id': 'n1' } }");
+    g_assert_cmpuint(if_nametoindex("tt5"), ==, 0);
 
-    migrate_set_parameter_bool(from, "backend-transfer", true);
-    rsp = qtest_qmp(from, "{ 'execute': 'migrate', 'arguments': "
-                    "{ 'uri': 'tcp:127.0.0.1:1' } }");
-    g_assert_true(qdict_haskey(rsp, "error"));
-    g_assert_nonnull(strstr(qdict_get_str(qdict_get_qdict(rsp, "error"),
-                                          "desc"),
-                            "needs a UNIX socket migration channel"));
-    qobject_unref(rsp);
-
-    /* Nothing was sent; the source still runs on its TAP */
-    check_traffic(&g, sock, 0, "refused");
-
-    guest_release(&g);
-    close(sock);
-    qtest_quit(from);
+    /* The destination has no n1: a stale section would fail the load */
+    to = start_dest(netdev, 1, true, NULL);
+    migrate_to(vm.qts, to, true);
+    qtest_qmp_eventwait(to, "RESUME");
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    check_traffic(&vm.nic, vm.sock, 0, "after");
+    vm_release(&vm);
+    qtest_quit(to);
 }
 
-/* On at the source, off at the destination: the load fails, the source runs */
-static void test_mismatch(void)
+/* The downscript runs once, in whichever QEMU owns the TAP at the end */
+static void test_downscript(void)
 {
-    QTestState *from, *to;
-    Guest g = { 0 };
-    int sock;
+    g_autofree char *script = g_build_filename(tmpdir, "down.sh", NULL);
+    g_autofree char *log = g_build_filename(tmpdir, "down.log", NULL);
+    g_autofree char *body = g_strdup_printf("#!/bin/sh\necho \"$1\" >> %s\n",
+                                            log);
+    g_autofree char *netdev = g_strdup_printf("ifname=tt0,script=no,"
+                                              "downscript=%s", script);
+    g_autofree char *contents = NULL;
+    QTestState *to;
+    Vm vm = { 0 };
 
     if (!need_tap()) {
         return;
     }
-    from = start_qemu("ifname=tt0,script=no,downscript=no", 1, NULL);
-    sock = host_tap_attach("tt0");
-    guest_start(&g, from, 1);
+    g_assert_true(g_file_set_contents(script, body, -1, NULL));
+    g_assert_cmpint(chmod(script, 0755), ==, 0);
+    unlink(log);
 
-    to = start_dest("ifname=tt1,script=no,downscript=no", 1, false, NULL);
-    qtest_set_expected_status(to, EXIT_FAILURE);
-    {
-        g_autofree char *uri = migration_uri();
-        g_autofree char *status = NULL;
+    vm_start(&vm, netdev, 1, NULL);
+    to = start_dest(netdev, 1, true, NULL);
+    migrate_to(vm.qts, to, true);
+    qtest_qmp_eventwait(to, "RESUME");
 
-        migrate_set_parameter_bool(from, "backend-transfer", true);
-        migrate_qmp(from, to, uri, NULL, "{}");
-        /*
-         * Without a return path the source may finish sending before the
-         * destination refuses the state; management then resumes it.
-         */
-        do {
-            g_free(status);
-            g_usleep(10 * 1000);
-            status = migrate_query_status(from);
-        } while (strcmp(status, "failed") && strcmp(status, "completed"));
-        qtest_wait_qemu(to);
-        if (!strcmp(status, "completed")) {
-            qtest_qmp_assert_success(from, "{ 'execute': 'cont' }");
-        }
-    }
-    /* The source VM runs again on its TAP */
-    qtest_qmp_eventwait(from, "RESUME");
-    check_traffic(&g, sock, 0, "kept");
+    qtest_quit(vm.qts);
+    g_assert_false(g_file_test(log, G_FILE_TEST_EXISTS));
+    vm_migrated(&vm, to);
+    check_traffic(&vm.nic, vm.sock, 0, "after");
+    vm_release(&vm);
 
-    guest_release(&g);
-    close(sock);
     qtest_quit(to);
+    g_assert_true(g_file_get_contents(log, &contents, NULL, NULL));
+    g_assert_cmpstr(contents, ==, "tt0\n");
+    unlink(log);
+    unlink(script);
+}
+
+/*
+ * The destination goes away after the fds were sent, before it ran: the
+ * source is resumed on the same TAP.
+ */
+static void test_dest_killed(void)
+{
+    const char *netdev = "ifname=tt0,script=no,downscript=no";
+    unsigned fds_before;
+    QTestState *to;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, netdev, 1, NULL);
+    fds_before = count_fds(qtest_pid(vm.qts));
+    to = start_dest(netdev, 1, true, "-S");
+    migrate_to(vm.qts, to, true);
+    g_assert_cmpuint(count_tun_fds(qtest_pid(to)), ==, 1);
+
+    qtest_quit(to);
+
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'cont' }");
+    check_traffic(&vm.nic, vm.sock, 0, "resumed");
+    g_assert_cmpuint(count_fds(qtest_pid(vm.qts)), ==, fds_before);
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+/* Cancelled in setup or while active: the source keeps reading its TAP */
+static void test_cancel(void)
+{
+    g_autofree char *path = g_build_filename(tmpdir, "stalled", NULL);
+    g_autofree char *uri = g_strdup_printf("unix:%s", path);
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    unsigned fds_before;
+    int listener;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    /* A destination that accepts nothing: the migration stays active */
+    pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
+    listener = socket(AF_UNIX, SOCK_STREAM, 0);
+    g_assert_cmpint(bind(listener, (struct sockaddr *)&sun, sizeof(sun)),
+                    ==, 0);
+    g_assert_cmpint(listen(listener, 4), ==, 0);
+
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+    fds_before = count_fds(qtest_pid(vm.qts));
+
+    for (int active = 0; active < 2; active++) {
+        const char *ungoals[] = { "failed", "completed", NULL };
+
+        migrate_qmp(vm.qts, NULL, uri, NULL, "{}");
+        if (active) {
+            wait_for_migration_status(vm.qts, "active", ungoals);
+        }
+        migrate_cancel(vm.qts);
+        wait_for_migration_status(vm.qts, "cancelled", NULL);
+        check_traffic(&vm.nic, vm.sock, 0, active ? "active" : "setup");
+        g_assert_cmpuint(count_fds(qtest_pid(vm.qts)), ==, fds_before);
+    }
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+    close(listener);
+    unlink(path);
+}
+
+/* A -> B -> A' -> B' ...: fds neither leak nor go missing */
+static void test_ping_pong(void)
+{
+    const char *netdev = "ifname=tt0,script=no,downscript=no";
+    enum { HANDOVERS = 20 };
+    unsigned ifindex, first_fds = 0;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, netdev, 1, NULL);
+    ifindex = if_nametoindex("tt0");
+    for (int i = 0; i < HANDOVERS; i++) {
+        g_autofree char *tag = g_strdup_printf("hop%d", i);
+        QTestState *to = start_dest(netdev, 1, true, NULL);
+        unsigned fds;
+
+        migrate_to(vm.qts, to, true);
+        qtest_qmp_eventwait(to, "RESUME");
+        qtest_quit(vm.qts);
+        vm_migrated(&vm, to);
+        check_traffic(&vm.nic, vm.sock, 0, tag);
+
+        g_assert_cmpuint(count_tun_fds(qtest_pid(to)), ==, 1);
+        g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
+        fds = count_fds(qtest_pid(to));
+        if (i == 0) {
+            first_fds = fds;
+        }
+        g_assert_cmpuint(fds, ==, first_fds);
+    }
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+/* Channels that cannot carry fds are refused before anything is sent */
+static void test_refuse_channels(void)
+{
+    static const struct {
+        const char *uri;
+        bool tls, postcopy;
+        const char *reason;
+    } cases[] = {
+        { "tcp:127.0.0.1:1", false, false,
+          "needs a UNIX socket migration channel" },
+        { "exec:cat > /dev/null", false, false,
+          "needs a UNIX socket migration channel" },
+        { "file:/dev/null", false, false,
+          "needs a UNIX socket migration channel" },
+        { "unix:/nonexistent/sock", true, false, "over TLS" },
+        { "unix:/nonexistent/sock", false, true, "postcopy" },
+    };
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+
+    for (int i = 0; i < ARRAY_SIZE(cases); i++) {
+        g_autofree char *tag = g_strdup_printf("refused%d", i);
+        const char *desc;
+        QDict *rsp;
+
+        if (cases[i].tls || cases[i].postcopy) {
+            if (cases[i].tls) {
+                rsp = qtest_qmp(vm.qts, "{ 'execute': 'migrate-set-parameters',"
+                                "  'arguments': { 'tls-creds': 'tls0' } }");
+            } else {
+                rsp = qtest_qmp(vm.qts,
+                                "{ 'execute': 'migrate-set-capabilities',"
+                                "  'arguments': { 'capabilities': ["
+                                "    { 'capability': 'postcopy-ram',"
+                                "      'state': true } ] } }");
+            }
+            if (qdict_haskey(rsp, "error")) {
+                g_test_message("cannot set up case %s: %s", cases[i].reason,
+                               qdict_get_str(qdict_get_qdict(rsp, "error"),
+                                             "desc"));
+                qobject_unref(rsp);
+                continue;
+            }
+            qobject_unref(rsp);
+        }
+        rsp = qtest_qmp(vm.qts, "{ 'execute': 'migrate', 'arguments': "
+                        "{ 'uri': %s } }", cases[i].uri);
+        g_assert_true(qdict_haskey(rsp, "error"));
+        desc = qdict_get_str(qdict_get_qdict(rsp, "error"), "desc");
+        g_test_message("%s: %s", cases[i].uri, desc);
+        g_assert_nonnull(strstr(desc, cases[i].reason));
+        g_assert_null(strchr(desc, '\n'));
+        qobject_unref(rsp);
+
+        /* Nothing was sent; the source still runs on its TAP */
+        check_traffic(&vm.nic, vm.sock, 0, tag);
+        qtest_qmp_assert_success(vm.qts,
+            "{ 'execute': 'migrate-set-capabilities', 'arguments': "
+            "  { 'capabilities': [ { 'capability': 'postcopy-ram',"
+            "                        'state': false } ] } }");
+        qtest_qmp_assert_success(vm.qts,
+            "{ 'execute': 'migrate-set-parameters',"
+            "  'arguments': { 'tls-creds': '' } }");
+    }
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+/* QMP only says the load failed; the reason is on the QEMU's stderr */
+static const char *logged_qemu(void)
+{
+    g_autofree char *logged = g_strdup_printf("2>%s/qemu.log %s", tmpdir,
+                                              g_getenv("QTEST_QEMU_BINARY"));
+
+    g_setenv("TAP_TRANSFER_LOGGED_QEMU", logged, true);
+    return "TAP_TRANSFER_LOGGED_QEMU";
+}
+
+static void assert_logged(const char *line)
+{
+    g_autofree char *log = g_build_filename(tmpdir, "qemu.log", NULL);
+    g_autofree char *err = NULL;
+
+    g_assert_true(g_file_get_contents(log, &err, NULL, NULL));
+    g_assert_nonnull(strstr(err, line));
+    unlink(log);
+}
+
+/*
+ * The destination refuses what the source sends: it says why, naming
+ * the netdev, closes every fd it received, and the source goes on.
+ */
+static void do_refused(const char *src_netdev, bool src_transfer,
+                       const char *dst_netdev, int dst_pairs,
+                       bool dst_transfer, const char *reason)
+{
+    DestOptions dest = {
+        .binary_var = logged_qemu(),
+        .keep_on_error = true,
+    };
+    QTestState *to;
+    Vm vm = { 0 };
+
+    vm_start(&vm, src_netdev, 1, NULL);
+    to = start_dest_opts(dst_netdev, dst_pairs, dst_transfer, &dest);
+    migrate_refused(vm.qts, to, src_transfer,
+                    dst_transfer ? 0 : dst_pairs);
+    assert_logged(reason);
+
+    check_traffic(&vm.nic, vm.sock, 0, "kept");
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+static void test_refused_on_off(void)
+{
+    if (need_tap()) {
+        do_refused("ifname=tt0,script=no,downscript=no", true,
+                   "ifname=tt1,script=no,downscript=no", 1, false,
+                   "netdev n0: backend-transfer is on on the source and off "
+                   "here; set it the same on both sides\n");
+    }
+}
+
+static void test_refused_off_on(void)
+{
+    if (need_tap()) {
+        do_refused("ifname=tt0,script=no,downscript=no", false,
+                   "ifname=tt0,script=no,downscript=no", 1, true,
+                   "netdev n0: backend-transfer is off on the source and on "
+                   "here; set it the same on both sides\n");
+    }
+}
+
+static void test_refused_queues(void)
+{
+    if (need_tap()) {
+        do_refused("ifname=tt0,script=no,downscript=no", true,
+                   "ifname=tt0,queues=2,script=no,downscript=no", 2, true,
+                   "netdev n0: the source has 1 queues, this QEMU was "
+                   "configured with 2\n");
+    }
+}
+
+static void test_refused_ifname(void)
+{
+    if (need_tap()) {
+        do_refused("ifname=tt0,script=no,downscript=no", true,
+                   "ifname=tt7,script=no,downscript=no", 1, true,
+                   "netdev n0: the source's TAP device is tt0, this QEMU was "
+                   "configured with ifname=tt7\n");
+    }
+}
+
+/*
+ * A hostile source: what it hands over is a TUN device, not a TAP.  The
+ * source is given the TUN fd with fd=, which -netdev tap accepts.
+ */
+static void test_refused_tun(void)
+{
+    struct ifreq ifr = { .ifr_flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR };
+    g_autofree char *netdev = NULL;
+    DestOptions dest = { .keep_on_error = true };
+    QTestState *from, *to;
+
+    dest.binary_var = logged_qemu();
+    int fd;
+
+    if (!need_tap()) {
+        return;
+    }
+    fd = open("/dev/net/tun", O_RDWR);
+    g_assert_cmpint(fd, >=, 0);
+    pstrcpy(ifr.ifr_name, IFNAMSIZ, "ttun0");
+    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
+    netdev = g_strdup_printf("fd=%d", fd);
+
+    from = start_qemu(netdev, 1, NULL);
+    to = start_dest_opts(netdev, 1, true, &dest);
+    /* No fd left in it, its own inherited copy of the TUN fd included */
+    migrate_refused(from, to, true, 0);
+    assert_logged("netdev n0: queue 0: received device ttun0 is a TUN, not a "
+                  "TAP device\n");
     qtest_quit(from);
+    close(fd);
 }
 
 static void setup_namespace(void)
@@ -718,17 +1325,34 @@ int main(int argc, char **argv)
     g_assert_nonnull(tmpdir);
 
     qtest_add_func("/tap-transfer/module-missing", test_module_missing);
+    qtest_add_func("/tap-transfer/netdev-help", test_netdev_help);
+    qtest_add_func("/tap-transfer/bad-options", test_bad_options);
     qtest_add_func("/tap-transfer/rx-tx", test_rx_tx);
     qtest_add_func("/tap-transfer/multiqueue", test_multiqueue);
+    qtest_add_func("/tap-transfer/unprivileged-open", test_unprivileged_open);
     qtest_add_func("/tap-transfer/migration/handover", test_handover);
     qtest_add_func("/tap-transfer/migration/handover-multiqueue",
                    test_handover_multiqueue);
     qtest_add_func("/tap-transfer/migration/handover-vhost",
                    test_handover_vhost);
+    qtest_add_func("/tap-transfer/migration/handover-unprivileged",
+                   test_handover_unprivileged);
+    qtest_add_func("/tap-transfer/migration/four-netdevs", test_four_netdevs);
     qtest_add_func("/tap-transfer/migration/zero-loss", test_zero_loss);
     qtest_add_func("/tap-transfer/migration/transfer-off", test_transfer_off);
-    qtest_add_func("/tap-transfer/migration/refuse-tcp", test_refuse_tcp);
-    qtest_add_func("/tap-transfer/migration/mismatch", test_mismatch);
+    qtest_add_func("/tap-transfer/migration/unprivileged-transfer-off",
+                   test_unprivileged_transfer_off);
+    qtest_add_func("/tap-transfer/migration/netdev-del", test_netdev_del);
+    qtest_add_func("/tap-transfer/migration/downscript", test_downscript);
+    qtest_add_func("/tap-transfer/migration/dest-killed", test_dest_killed);
+    qtest_add_func("/tap-transfer/migration/cancel", test_cancel);
+    qtest_add_func("/tap-transfer/migration/ping-pong", test_ping_pong);
+    qtest_add_func("/tap-transfer/refused/channels", test_refuse_channels);
+    qtest_add_func("/tap-transfer/refused/on-off", test_refused_on_off);
+    qtest_add_func("/tap-transfer/refused/off-on", test_refused_off_on);
+    qtest_add_func("/tap-transfer/refused/queues", test_refused_queues);
+    qtest_add_func("/tap-transfer/refused/ifname", test_refused_ifname);
+    qtest_add_func("/tap-transfer/refused/tun", test_refused_tun);
 
     ret = g_test_run();
     rmdir(tmpdir);
