@@ -3,10 +3,18 @@
 #   make          install build dependencies, fetch QEMU, build
 #   make check    ... and run the tests
 #   make demo     ... and show a handover
+#   make check SANITIZE=1   the tests under ASan/UBSan, in build-sanitize/
 #
 # QEMU_SRC=/path/to/qemu-10.0 uses your tree instead of Debian's source.
 
+# SANITIZE=1: a separate AddressSanitizer + UBSan build and test run
+SANITIZE ?= 0
+ifeq ($(SANITIZE),1)
+BUILD ?= build-sanitize
+export SANITIZE
+else
 BUILD ?= build
+endif
 QEMU_SRC ?=
 MESON ?= meson
 
