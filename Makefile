@@ -2,7 +2,8 @@
 #
 #   make          install build dependencies, fetch QEMU, build
 #   make check    ... and run the tests
-#   make demo     ... and show a handover
+#   make demo     ... and migrate a real guest under a ping flood, with a report
+#   make bench    ... and compare with today's practice (RUNS=5)
 #   make check SANITIZE=1   the tests under ASan/UBSan, in build-sanitize/
 #
 # QEMU_SRC=/path/to/qemu-10.0 uses your tree instead of Debian's source.
@@ -18,7 +19,7 @@ endif
 QEMU_SRC ?=
 MESON ?= meson
 
-.PHONY: all deps setup build check demo clean
+.PHONY: all deps setup build guest check demo bench clean
 
 all: build
 
@@ -39,9 +40,19 @@ check: build
 	$(MESON) test -C $(BUILD) --print-errorlogs --no-rebuild || true
 	scripts/test-summary.py $(BUILD)/meson-logs/testlog.json
 
-demo: build
-	$(MESON) test -C $(BUILD) --no-rebuild --verbose virtio-net-migration-test \
-	    --test-args='-p /x86_64/tap-transfer/migration/handover'
+QEMU_BIN = $(BUILD)/qemu-build/qemu-system-x86_64
+
+guest: deps
+	scripts/guest/build-guest.sh
+
+demo: build guest
+	scripts/demo.py --qemu $(QEMU_BIN) --guest "$$(scripts/guest/build-guest.sh)"
+
+# RUNS=N runs of each mode (default 5); results in $(BUILD)/bench/
+RUNS ?= 5
+bench: build guest
+	scripts/bench.py --qemu $(QEMU_BIN) --guest "$$(scripts/guest/build-guest.sh)" \
+	    --runs $(RUNS) --out $(BUILD)/bench
 
 clean:
 	rm -rf $(BUILD)

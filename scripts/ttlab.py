@@ -1,0 +1,337 @@
+"""A small lab for tap-transfer with a real guest.
+
+A private network namespace with a bridge (10.0.0.1/24), Linux guests
+booted under QEMU on -netdev tap-transfer (or tap) attached to it, a ping
+flood from the bridge, and local migration between QEMU processes.  All of
+it is torn down on exit, Ctrl-C or failure.
+
+Used by demo.py, bench.py and e2e.py.
+"""
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+GUEST_ADDR = '10.0.0.2'
+HOST_ADDR = '10.0.0.1'
+GUEST_MAC = '52:54:00:12:34:56'
+
+
+class LabError(Exception):
+    pass
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+SYS_KCMP = 312          # x86_64
+KCMP_FILE = 0
+
+
+def kcmp_file(pid1, fd1, pid2, fd2):
+    return _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
+
+
+class Qmp:
+    """Just enough of QMP: commands, and events kept for later."""
+
+    def __init__(self, path, timeout=30):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(path)
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise LabError(f'no QMP socket at {path}')
+                time.sleep(0.05)
+        self.file = self.sock.makefile('rw')
+        self.events = []
+        self._read()                      # greeting
+        self.cmd('qmp_capabilities')
+
+    def _read(self):
+        line = self.file.readline()
+        if not line:
+            raise LabError('QMP connection closed')
+        return json.loads(line)
+
+    def cmd(self, name, **args):
+        self.file.write(json.dumps({'execute': name, 'arguments': args}))
+        self.file.write('\n')
+        self.file.flush()
+        while True:
+            msg = self._read()
+            if 'event' in msg:
+                self.events.append(msg)
+            elif 'error' in msg:
+                raise LabError(f"{name}: {msg['error']['desc']}")
+            else:
+                return msg['return']
+
+    def close(self):
+        self.sock.close()
+
+
+class Vm:
+    def __init__(self, lab, name, proc, qmp, serial):
+        self.lab = lab
+        self.name = name
+        self.proc = proc
+        self.qmp = qmp
+        self.serial = serial
+
+    def wait_serial(self, text, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LabError(f'{self.name} exited: {self.proc.returncode}')
+            try:
+                with open(self.serial, errors='replace') as f:
+                    if text in f.read():
+                        return
+            except FileNotFoundError:
+                pass
+            time.sleep(0.1)
+        raise LabError(f'{self.name}: no "{text}" on the console')
+
+    def tun_fds(self):
+        fds = []
+        d = f'/proc/{self.proc.pid}/fd'
+        for fd in os.listdir(d):
+            try:
+                if os.readlink(f'{d}/{fd}') == '/dev/net/tun':
+                    fds.append(int(fd))
+            except OSError:
+                pass
+        return fds
+
+    def shares_tap_with(self, other):
+        """Every TAP fd of @other is an fd of ours: the same open file."""
+        mine, theirs = self.tun_fds(), other.tun_fds()
+        return len(mine) == len(theirs) > 0 and all(
+            any(kcmp_file(self.proc.pid, a, other.proc.pid, b)
+                for a in mine) for b in theirs)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                self.qmp.cmd('quit')
+            except (LabError, OSError):
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.qmp.close()
+
+
+class Lab:
+    def __init__(self, qemu, guest_dir, mem=128, shared_ram=False):
+        self.qemu = os.path.abspath(qemu)
+        self.guest_dir = guest_dir
+        self.mem = mem
+        self.shared_ram = shared_ram
+        self.ns = f'tt-lab-{os.getpid()}'
+        self.dir = None
+        self.vms = []
+        self.pings = []
+        self._counter = 0
+
+    # set-up and tear-down
+
+    def __enter__(self):
+        self.dir = tempfile.mkdtemp(prefix='tap-transfer-lab-')
+        signal.signal(signal.SIGTERM, self._terminate)
+        self.ip('netns', 'add', self.ns)
+        self.nsrun('ip', 'link', 'set', 'lo', 'up')
+        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1')
+        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=1')
+        self.nsrun('ip', 'link', 'add', 'br0', 'type', 'bridge')
+        self.nsrun('ip', 'addr', 'add', f'{HOST_ADDR}/24', 'dev', 'br0')
+        self.nsrun('ip', 'link', 'set', 'br0', 'up')
+        self.ifup = os.path.join(self.dir, 'ifup')
+        with open(self.ifup, 'w') as f:
+            f.write('#!/bin/sh\nip link set "$1" master br0 up\n')
+        os.chmod(self.ifup, 0o755)
+        return self
+
+    def _terminate(self, signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        for p in self.pings:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for vm in self.vms:
+            try:
+                vm.stop()
+            except Exception:
+                vm.proc.kill()
+        subprocess.run(['ip', 'netns', 'del', self.ns],
+                       stderr=subprocess.DEVNULL)
+        if self.shared_ram:
+            try:
+                os.unlink(f'/dev/shm/tap-transfer-lab-{self.ns}')
+            except FileNotFoundError:
+                pass
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return False
+
+    def ip(self, *args):
+        subprocess.run(['ip', *args], check=True)
+
+    def nsrun(self, *args, check=True, capture=False):
+        r = subprocess.run(['ip', 'netns', 'exec', self.ns, *args],
+                           check=check, text=True,
+                           capture_output=capture)
+        return r.stdout if capture else r
+
+    # the network
+
+    def links(self):
+        out = self.nsrun('ip', '-o', 'link', 'show', capture=True)
+        return [line.split(':')[1].strip().split('@')[0]
+                for line in out.splitlines()]
+
+    def ifindex(self, ifname):
+        out = self.nsrun('cat', f'/sys/class/net/{ifname}/ifindex',
+                         capture=True, check=False)
+        return int(out) if out.strip() else None
+
+    def wait_ping(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = subprocess.run(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
+                                '-c', '1', '-W', '1', GUEST_ADDR],
+                               capture_output=True)
+            if r.returncode == 0:
+                return
+        raise LabError(f'guest {GUEST_ADDR} does not answer')
+
+    def start_ping(self, count, interval=0.002):
+        """A ping flood from the bridge; finish it with ping_result()."""
+        out = open(os.path.join(self.dir, f'ping{len(self.pings)}'), 'w+')
+        p = subprocess.Popen(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
+                              '-D', '-i', str(interval), '-c', str(count),
+                              '-W', '1', GUEST_ADDR],
+                             stdout=out, stderr=subprocess.STDOUT, text=True)
+        p.out = out
+        self.pings.append(p)
+        return p
+
+    @staticmethod
+    def ping_result(p, timeout=120):
+        p.wait(timeout)
+        p.out.seek(0)
+        text = p.out.read()
+        replies = []
+        for m in re.finditer(r'^\[([\d.]+)\].*icmp_seq=(\d+).*time=([\d.]+)',
+                             text, re.M):
+            replies.append((float(m.group(1)), int(m.group(2)),
+                            float(m.group(3))))
+        m = re.search(r'(\d+) packets transmitted, (\d+) received', text)
+        if not m:
+            raise LabError(f'no ping summary in: {text[-300:]}')
+        sent, received = int(m.group(1)), int(m.group(2))
+        gaps = [b[0] - a[0] for a, b in zip(replies, replies[1:])]
+        return {
+            'sent': sent,
+            'received': received,
+            'lost': sent - received,
+            'max_gap_ms': max(gaps) * 1000 if gaps else None,
+            'replies': replies,
+        }
+
+    # guests
+
+    def start_vm(self, netdev, name=None, incoming=False, nics=1):
+        """@netdev: the -netdev value, with %d for the NIC index."""
+        self._counter += 1
+        name = name or f'vm{self._counter}'
+        qmp_path = os.path.join(self.dir, f'{name}.qmp')
+        serial = os.path.join(self.dir, f'{name}.serial')
+        # nsenter execs QEMU itself, so the pid is QEMU's
+        args = ['nsenter', f'--net=/run/netns/{self.ns}', self.qemu,
+                '-name', name, '-M', 'pc', '-accel', 'tcg', '-m',
+                str(self.mem), '-nodefaults', '-display', 'none',
+                '-vga', 'none',
+                '-kernel', os.path.join(self.guest_dir, 'vmlinuz'),
+                '-initrd', os.path.join(self.guest_dir, 'initrd.gz'),
+                '-append', f'console=ttyS0 quiet tt.addr={GUEST_ADDR}/24',
+                '-serial', f'file:{serial}',
+                '-qmp', f'unix:{qmp_path},server=on,wait=off']
+        if self.shared_ram:
+            args += ['-object', 'memory-backend-file,id=ram0,share=on,'
+                     f'mem-path=/dev/shm/tap-transfer-lab-{self.ns},'
+                     f'size={self.mem}M',
+                     '-machine', 'memory-backend=ram0']
+        for i in range(nics):
+            nd = netdev % i if '%d' in netdev else netdev
+            mac = GUEST_MAC[:-2] + f'{0x56 + i:02x}'
+            args += ['-netdev', f'{nd},id=n{i}',
+                     '-device', f'virtio-net-pci,netdev=n{i},mac={mac}']
+        if incoming:
+            args += ['-incoming', 'defer']
+        log = open(os.path.join(self.dir, f'{name}.log'), 'w')
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            qmp = Qmp(qmp_path)
+        except LabError:
+            proc.kill()
+            with open(log.name) as f:
+                raise LabError(f'{name} did not start: {f.read()[-500:]}')
+        vm = Vm(self, name, proc, qmp, serial)
+        vm.log = log.name
+        self.vms.append(vm)
+        return vm
+
+    def boot(self, netdev, **kw):
+        vm = self.start_vm(netdev, **kw)
+        vm.wait_serial('tap-transfer guest ready')
+        self.wait_ping()
+        return vm
+
+    def migrate(self, src, dst_netdev, transfer=True, before_switch=None,
+                **kw):
+        """Local migration of @src into a new QEMU; returns it and stats."""
+        dst = self.start_vm(dst_netdev, incoming=True, **kw)
+        uri = f'unix:{os.path.join(self.dir, "mig.sock")}'
+        caps = []
+        if self.shared_ram:
+            caps = [{'capability': 'x-ignore-shared', 'state': True}]
+        for vm in (src, dst):
+            vm.qmp.cmd('migrate-set-parameters', **{'backend-transfer':
+                                                     transfer})
+            if caps:
+                vm.qmp.cmd('migrate-set-capabilities', capabilities=caps)
+        dst.qmp.cmd('migrate-incoming', uri=uri)
+        if before_switch:
+            before_switch(dst)
+        src.qmp.cmd('migrate', uri=uri)
+        while True:
+            info = src.qmp.cmd('query-migrate')
+            if info['status'] == 'completed':
+                break
+            if info['status'] in ('failed', 'cancelled'):
+                raise LabError(f"migration {info['status']}: "
+                               f"{info.get('error-desc')}")
+            time.sleep(0.01)
+        while dst.qmp.cmd('query-status')['status'] != 'running':
+            time.sleep(0.01)
+        return dst, {'downtime_ms': info.get('downtime'),
+                     'total_ms': info.get('total-time')}
+
+    def retire(self, vm):
+        vm.stop()
+        self.vms.remove(vm)
