@@ -255,7 +255,8 @@ class Lab:
 
     # guests
 
-    def start_vm(self, netdev, name=None, incoming=False, nics=1):
+    def start_vm(self, netdev, name=None, incoming=False, nics=1,
+                 device_opts=''):
         """@netdev: the -netdev value, with %d for the NIC index."""
         self._counter += 1
         name = name or f'vm{self._counter}'
@@ -280,7 +281,8 @@ class Lab:
             nd = netdev % i if '%d' in netdev else netdev
             mac = GUEST_MAC[:-2] + f'{0x56 + i:02x}'
             args += ['-netdev', f'{nd},id=n{i}',
-                     '-device', f'virtio-net-pci,netdev=n{i},mac={mac}']
+                     '-device', f'virtio-net-pci,netdev=n{i},mac={mac}'
+                     f'{device_opts}']
         if incoming:
             args += ['-incoming', 'defer']
         log = open(os.path.join(self.dir, f'{name}.log'), 'w')
