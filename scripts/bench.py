@@ -39,14 +39,14 @@ def one_run(args, shared, transfer, pps=500, seconds=5):
         links = set(lab.links())
         ping = lab.start_ping(int(pps * seconds), 1 / pps)
         time.sleep(1.5)
-        t0 = time.time()
         dst, stats = lab.migrate(src, dst_netdev, transfer=transfer,
                                  name='destination')
         created = len(set(lab.links()) - links)
         lab.retire(src)
         r = lab.ping_result(ping)
         return dict(stats, lost=r['lost'], max_gap_ms=r['max_gap_ms'],
-                    taps_created=created, replies=r['replies'], t0=t0)
+                    taps_created=created, replies=r['replies'],
+                    t0=stats['started_at'])
 
 
 def scale_run(args, transfer):

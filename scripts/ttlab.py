@@ -320,6 +320,7 @@ class Lab:
         dst.qmp.cmd('migrate-incoming', uri=uri)
         if before_switch:
             before_switch(dst)
+        started_at = time.time()
         src.qmp.cmd('migrate', uri=uri)
         while True:
             info = src.qmp.cmd('query-migrate')
@@ -332,7 +333,8 @@ class Lab:
         while dst.qmp.cmd('query-status')['status'] != 'running':
             time.sleep(0.01)
         return dst, {'downtime_ms': info.get('downtime'),
-                     'total_ms': info.get('total-time')}
+                     'total_ms': info.get('total-time'),
+                     'started_at': started_at}
 
     def retire(self, vm):
         vm.stop()
