@@ -20,6 +20,13 @@ def netdev(lab):
     return f'tap-transfer,ifname=tt0,script={lab.ifup},downscript=no'
 
 
+def explain_loss(r, stats):
+    for seq, prev in r['missing']:
+        when = (f'{(prev - stats["started_at"]) * 1000:.0f} ms after migrate'
+                if prev else 'no reply before it')
+        print(f'# lost icmp_seq={seq}; the reply before it came {when}')
+
+
 def test_zero_loss(lab):
     src = lab.boot(netdev(lab))
     ifindex = lab.ifindex('tt0')
@@ -31,6 +38,7 @@ def test_zero_loss(lab):
     r = lab.ping_result(ping)
     print(f"# downtime {stats['downtime_ms']} ms, {r['sent']} pings, "
           f"lost {r['lost']}, longest reply gap {r['max_gap_ms']:.1f} ms")
+    explain_loss(r, stats)
     assert r['lost'] == 0, f"{r['lost']} pings lost"
     assert lab.ifindex('tt0') == ifindex, 'TAP ifindex changed'
 
@@ -47,6 +55,7 @@ def test_ping_pong(lab):
         r = lab.ping_result(ping)
         print(f"# handover {hop + 1}: downtime {stats['downtime_ms']} ms, "
               f"lost {r['lost']} of {r['sent']}")
+        explain_loss(r, stats)
         assert r['lost'] == 0, f"handover {hop + 1}: {r['lost']} pings lost"
         assert lab.links() == links, 'links changed'
 

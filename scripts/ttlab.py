@@ -245,7 +245,12 @@ class Lab:
             raise LabError(f'no ping summary in: {text[-300:]}')
         sent, received = int(m.group(1)), int(m.group(2))
         gaps = [b[0] - a[0] for a, b in zip(replies, replies[1:])]
+        answered = {seq: ts for ts, seq, _ in replies}
+        # each lost ping with the time of the reply before it
+        missing = [(seq, answered.get(seq - 1))
+                   for seq in range(1, sent + 1) if seq not in answered]
         return {
+            'missing': missing,
             'sent': sent,
             'received': received,
             'lost': sent - received,

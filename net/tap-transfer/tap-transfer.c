@@ -34,6 +34,7 @@
 #include "migration/register.h"
 #include "migration/vmstate.h"
 #include "net/net.h"
+#include "net/queue.h"
 #include "net/tap.h"
 #include "net/tap_int.h"
 #include "net/tap-linux.h"
@@ -45,6 +46,7 @@
 #endif
 
 #define TAP_TRANSFER_MAX_QUEUES 1024
+#define TAP_TRANSFER_MAX_PACKETS 65536
 #define TUN_MISC_MAJOR 10
 #define TUN_MISC_MINOR 200
 
@@ -57,6 +59,13 @@ typedef struct TapTransferQueue {
     bool has_ufo;
     bool has_uso;
 } TapTransferQueue;
+
+/* A packet read from the TAP that still waited in the NIC's queue */
+typedef struct TapTransferPacket {
+    uint32_t queue;
+    uint32_t size;
+    uint8_t *data;
+} TapTransferPacket;
 
 typedef struct TapTransferState {
     char *name;
@@ -84,6 +93,9 @@ typedef struct TapTransferState {
     bool stream_owns_downscript;
     int32_t stream_queues;
     TapTransferQueue *stream_queue;
+    /* On the source, kept until the handover is known to hold */
+    int32_t stream_npackets;
+    TapTransferPacket *stream_packets;
 
     VMChangeStateEntry *vm_change;
     /* Runs when the clients go away: netdev_del, exit */
@@ -109,6 +121,26 @@ static void tap_transfer_close_stream_fds(TapTransferState *s)
     }
     g_clear_pointer(&s->stream_queue, g_free);
     s->stream_queues = 0;
+}
+
+static void tap_transfer_free_packets(TapTransferState *s)
+{
+    for (int32_t i = 0; s->stream_packets && i < s->stream_npackets; i++) {
+        g_free(s->stream_packets[i].data);
+    }
+    g_clear_pointer(&s->stream_packets, g_free);
+    s->stream_npackets = 0;
+}
+
+/* Give the NIC what was read from the TAP before the switchover */
+static void tap_transfer_send_packets(TapTransferState *s)
+{
+    for (int32_t i = 0; s->stream_packets && i < s->stream_npackets; i++) {
+        TapTransferPacket *p = &s->stream_packets[i];
+
+        qemu_send_packet(s->ncs[p->queue], p->data, p->size);
+    }
+    tap_transfer_free_packets(s);
 }
 
 static const char *tap_transfer_downscript(TapTransferState *s,
@@ -160,11 +192,16 @@ static void tap_transfer_resume(TapTransferState *s)
             warn_report("netdev %s: cannot make queue %u non-blocking: %s",
                         s->name, i, strerror(errno));
         }
-        /* With vhost, vhost_net_start/stop own the polling of the fd */
+        tap_set_suspended(s->ncs[i], false);
+        /*
+         * Packets taken from the NIC's queue never completed: poll again.
+         * With vhost, vhost_net_start/stop own the polling of the fd.
+         */
         if (!tap_get_vhost_net(s->ncs[i])) {
             s->ncs[i]->info->poll(s->ncs[i], true);
         }
     }
+    tap_transfer_send_packets(s);
     if (s->owned_downscript) {
         tap_set_downscript(s->ncs[0],
                            tap_transfer_downscript(s, &default_downscript),
@@ -185,9 +222,28 @@ static void tap_transfer_vm_change(void *opaque, bool running,
     }
 }
 
+typedef struct TapTransferTake {
+    GArray *packets;
+    uint32_t queue;
+} TapTransferTake;
+
+static void tap_transfer_take_packet(const uint8_t *data, size_t size,
+                                     void *opaque)
+{
+    TapTransferTake *take = opaque;
+    TapTransferPacket p = {
+        .queue = take->queue,
+        .size = size,
+        .data = g_memdup2(data, size),
+    };
+
+    g_array_append_val(take->packets, p);
+}
+
 static int tap_transfer_pre_save(void *opaque)
 {
     TapTransferState *s = opaque;
+    TapTransferTake take;
 
     g_free(s->stream_id);
     s->stream_id = (uint8_t *)g_strdup(s->name);
@@ -216,15 +272,30 @@ static int tap_transfer_pre_save(void *opaque)
          * The VM is stopped and we hold the BQL until the state is sent:
          * from here on, packets stay in the TAP for the destination.
          */
-        s->ncs[i]->info->poll(s->ncs[i], false);
+        tap_set_suspended(s->ncs[i], true);
     }
+    /* ...and those already read but not yet delivered go with the state */
+    tap_transfer_free_packets(s);
+    take.packets = g_array_new(false, false, sizeof(TapTransferPacket));
+    for (take.queue = 0; take.queue < s->queues; take.queue++) {
+        NetClientState *nc = s->ncs[take.queue];
+
+        if (nc->peer) {
+            qemu_net_queue_take(nc->peer->incoming_queue, nc,
+                                tap_transfer_take_packet, &take);
+        }
+    }
+    s->stream_npackets = take.packets->len;
+    s->stream_packets = (TapTransferPacket *)g_array_free(take.packets,
+                                                          false);
     pstrcpy((char *)s->stream_ifname, sizeof(s->stream_ifname), s->ifname);
     s->owned_downscript = tap_has_downscript(s->ncs[0]);
     s->stream_owns_downscript = s->owned_downscript;
     /* The destination owns the TAP now, downscript included */
     tap_set_downscript(s->ncs[0], NULL, NULL);
     s->handed_over = true;
-    trace_tap_transfer_handover(s->name, s->queues, s->ifname);
+    trace_tap_transfer_handover(s->name, s->queues, s->ifname,
+                                s->stream_npackets);
     return 0;
 }
 
@@ -314,6 +385,14 @@ static bool tap_transfer_check_stream(TapTransferState *s, Error **errp)
             return false;
         }
     }
+    for (int32_t i = 0; s->stream_packets && i < s->stream_npackets; i++) {
+        if (s->stream_packets[i].queue >= s->queues) {
+            error_setg(errp, "netdev %s: received a packet for queue %u "
+                       "of %u", s->name, s->stream_packets[i].queue,
+                       s->queues);
+            return false;
+        }
+    }
     return true;
 }
 
@@ -397,12 +476,15 @@ static int tap_transfer_post_load(void *opaque, int version_id)
         error_report_err(local_err);
         goto fail;
     }
+    /* Older than anything in the TAP, so ahead of it in the NIC's queue */
+    tap_transfer_send_packets(s);
     g_clear_pointer(&s->stream_queue, g_free);
     s->stream_queues = 0;
     return 0;
 
 fail:
     tap_transfer_close_stream_fds(s);
+    tap_transfer_free_packets(s);
     return -EINVAL;
 }
 
@@ -463,6 +545,64 @@ static const VMStateDescription vmstate_tap_transfer_fds = {
     },
 };
 
+static bool tap_transfer_packet_size_valid(void *opaque, int version_id)
+{
+    TapTransferPacket *p = opaque;
+
+    return p->size > 0 && p->size <= NET_BUFSIZE;
+}
+
+static const VMStateDescription vmstate_tap_transfer_packet = {
+    .name = "tap-transfer/packet",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .fields = (const VMStateField[]) {
+        VMSTATE_UINT32(queue, TapTransferPacket),
+        VMSTATE_UINT32(size, TapTransferPacket),
+        VMSTATE_VALIDATE("packet size", tap_transfer_packet_size_valid),
+        VMSTATE_VBUFFER_ALLOC_UINT32(data, TapTransferPacket, 0, NULL, size),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
+static bool tap_transfer_packets_needed(void *opaque)
+{
+    TapTransferState *s = opaque;
+
+    return s->stream_transfer && s->stream_npackets > 0;
+}
+
+static int tap_transfer_packets_pre_load(void *opaque)
+{
+    tap_transfer_free_packets(opaque);
+    return 0;
+}
+
+static bool tap_transfer_packet_count_valid(void *opaque, int version_id)
+{
+    TapTransferState *s = opaque;
+
+    return s->stream_npackets > 0 &&
+           s->stream_npackets <= TAP_TRANSFER_MAX_PACKETS;
+}
+
+static const VMStateDescription vmstate_tap_transfer_packets = {
+    .name = "tap-transfer/packets",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .needed = tap_transfer_packets_needed,
+    .pre_load = tap_transfer_packets_pre_load,
+    .fields = (const VMStateField[]) {
+        VMSTATE_INT32(stream_npackets, TapTransferState),
+        VMSTATE_VALIDATE("packet count", tap_transfer_packet_count_valid),
+        VMSTATE_STRUCT_VARRAY_ALLOC(stream_packets, TapTransferState,
+                                    stream_npackets, 1,
+                                    vmstate_tap_transfer_packet,
+                                    TapTransferPacket),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
 static const VMStateDescription vmstate_tap_transfer = {
     .name = "tap-transfer",
     .version_id = 1,
@@ -479,6 +619,7 @@ static const VMStateDescription vmstate_tap_transfer = {
     },
     .subsections = (const VMStateDescription * const []) {
         &vmstate_tap_transfer_fds,
+        &vmstate_tap_transfer_packets,
         NULL
     },
 };
@@ -733,6 +874,7 @@ static void tap_transfer_cleanup(Notifier *notifier, void *data)
     unregister_savevm(NULL, "tap-transfer-setup", s);
     qemu_del_vm_change_state_handler(s->vm_change);
     tap_transfer_close_stream_fds(s);
+    tap_transfer_free_packets(s);
     g_free(s->stream_id);
     tap_transfer_free(s);
 }
