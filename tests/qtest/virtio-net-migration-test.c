@@ -195,6 +195,10 @@ static void machine_migrated(Machine *m, QTestState *qts, Nic *nics, int n)
     m->bus = qpci_new_pc(qts, NULL);
     for (int i = 0; i < n; i++) {
         nic_find(&nics[i]);
+        /* The rings stay; they point at the device handle they use */
+        for (int q = 0; q < nics[i].nqueues; q++) {
+            nics[i].vqs[q]->vdev = &nics[i].dev->vdev;
+        }
     }
 }
 
@@ -549,9 +553,16 @@ static bool run_qemu(const char *const *prefix, const char *binary,
     return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
+/* QEMU's message is one line; a sanitizer build's runtime may add its own */
 static void assert_one_line(const char *text)
 {
-    g_assert_cmpint(strchr(text, '\n') - text, ==, strlen(text) - 1);
+    g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+    int n = 0;
+
+    for (int i = 0; lines[i]; i++) {
+        n += lines[i][0] && !g_str_has_prefix(lines[i], "==");
+    }
+    g_assert_cmpint(n, ==, 1);
 }
 
 /* Tests without migration */
