@@ -514,7 +514,7 @@ static int tap_transfer_fds_pre_load(void *opaque)
 {
     TapTransferState *s = opaque;
 
-    /* Bound the allocation that the stream asks for before it happens */
+    /* Nothing may be left from an earlier, failed load */
     tap_transfer_close_stream_fds(s);
     return 0;
 }
