@@ -151,6 +151,7 @@ class Lab:
     def __enter__(self):
         self.dir = tempfile.mkdtemp(prefix='tap-transfer-lab-')
         signal.signal(signal.SIGTERM, self._terminate)
+        signal.signal(signal.SIGINT, self._terminate)
         self.ip('netns', 'add', self.ns)
         self.nsrun('ip', 'link', 'set', 'lo', 'up')
         self.nsrun('sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1')
