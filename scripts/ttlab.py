@@ -8,6 +8,7 @@ it is torn down on exit, Ctrl-C or failure.
 Used by demo.py, bench.py and e2e.py.
 """
 
+import bisect
 import ctypes
 import json
 import os
@@ -22,6 +23,10 @@ import time
 GUEST_ADDR = '10.0.0.2'
 HOST_ADDR = '10.0.0.1'
 GUEST_MAC = '52:54:00:12:34:56'
+
+
+# the log trace backend with -msg timestamp=on: "tid@sec.usec:name args"
+TRACE_LINE = re.compile(r'^\d+@(\d+)\.(\d+):(\w+) ?(.*)$')
 
 
 class LabError(Exception):
@@ -63,7 +68,8 @@ class Qmp:
             raise LabError('QMP connection closed')
         return json.loads(line)
 
-    def cmd(self, name, **args):
+    def cmd(self, name, /, **args):
+        # positional-only: a command may have an argument called "name"
         self.file.write(json.dumps({'execute': name, 'arguments': args}))
         self.file.write('\n')
         self.file.flush()
@@ -120,6 +126,23 @@ class Vm:
             any(kcmp_file(self.proc.pid, a, other.proc.pid, b)
                 for a in mine) for b in theirs)
 
+    def trace(self, pattern, enable=True):
+        """Switch trace events matching @pattern on or off, now."""
+        self.qmp.cmd('trace-event-set-state', name=pattern, enable=enable)
+
+    def read_trace(self):
+        """The trace events logged so far: (wall-clock time, name, args)."""
+        events = []
+        if not self.trace_log:
+            return events
+        with open(self.trace_log, errors='replace') as f:
+            for line in f:
+                m = TRACE_LINE.match(line)
+                if m:
+                    events.append((int(m.group(1)) + int(m.group(2)) / 1e6,
+                                   m.group(3), m.group(4)))
+        return events
+
     def stop(self):
         if self.proc.poll() is None:
             try:
@@ -144,6 +167,7 @@ class Lab:
         self.dir = None
         self.vms = []
         self.pings = []
+        self._pings_started = 0
         self._counter = 0
 
     # set-up and tear-down
@@ -220,12 +244,21 @@ class Lab:
                 return
         raise LabError(f'guest {GUEST_ADDR} does not answer')
 
-    def start_ping(self, count, interval=0.002):
-        """A ping flood from the bridge; finish it with ping_result()."""
-        out = open(os.path.join(self.dir, f'ping{len(self.pings)}'), 'w+')
+    def start_ping(self, count, interval=0.002, preload=None, source=None):
+        """A ping flood from the bridge; finish it with ping_result(), or
+        stop it early with stop_ping().  @interval 0 is ping's flood
+        pacing (a new ping per reply, or every 10 ms without one), with
+        a line per reply; @preload pings are kept in flight; @source: an
+        address of the bridge's to send from."""
+        # numbered by start: stop_ping() takes finished ones off the list
+        self._pings_started += 1
+        out = open(os.path.join(self.dir, f'ping{self._pings_started}'),
+                   'w+')
+        extra = ['-l', str(preload)] if preload else []
+        extra += ['-I', source] if source else []
         p = subprocess.Popen(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
                               '-D', '-i', str(interval), '-c', str(count),
-                              '-W', '1', GUEST_ADDR],
+                              '-W', '1', *extra, GUEST_ADDR],
                              stdout=out, stderr=subprocess.STDOUT, text=True)
         p.out = out
         self.pings.append(p)
@@ -252,6 +285,7 @@ class Lab:
                    for seq in range(1, sent + 1) if seq not in answered]
         return {
             'missing': missing,
+            'sent_at': Lab.sent_at(replies, [seq for seq, _ in missing]),
             'sent': sent,
             'received': received,
             'lost': sent - received,
@@ -259,11 +293,41 @@ class Lab:
             'replies': replies,
         }
 
+    def stop_ping(self, p, timeout=10):
+        """End a ping started with start_ping() now, and forget it; its
+        result.  The pings still in flight when it stops count as lost
+        there: compare with the last answered sequence number."""
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+        result = self.ping_result(p, timeout)
+        p.out.close()
+        self.pings.remove(p)
+        return result
+
+    @staticmethod
+    def sent_at(replies, seqs):
+        """When each of @seqs (unanswered) was sent, estimated from the
+        answered neighbours' send times (reply time - RTT): {seq: time}."""
+        sent = sorted((seq, ts - rtt / 1000) for ts, seq, rtt in replies)
+        keys = [seq for seq, _ in sent]
+        out = {}
+        for seq in seqs:
+            i = bisect.bisect_left(keys, seq)
+            if 0 < i < len(sent):
+                (s0, t0), (s1, t1) = sent[i - 1], sent[i]
+                out[seq] = t0 + (t1 - t0) * (seq - s0) / (s1 - s0)
+            elif sent:
+                out[seq] = sent[min(i, len(sent) - 1)][1]
+        return out
+
     # guests
 
     def start_vm(self, netdev, name=None, incoming=False, nics=1,
-                 device_opts=''):
-        """@netdev: the -netdev value, with %d for the NIC index."""
+                 device_opts='', extra_args=(), trace=()):
+        """@netdev: the -netdev value, with %d for the NIC index.
+        @extra_args: more QEMU options.  @trace: trace event patterns
+        enabled from the start, logged with wall-clock timestamps to
+        vm.trace_log (read it with read_trace())."""
         self._counter += 1
         name = name or f'vm{self._counter}'
         qmp_path = os.path.join(self.dir, f'{name}.qmp')
@@ -289,6 +353,13 @@ class Lab:
             args += ['-netdev', f'{nd},id=n{i}',
                      '-device', f'virtio-net-pci,netdev=n{i},mac={mac}'
                      f'{device_opts}']
+        args += list(extra_args)
+        trace_log = None
+        if trace:
+            trace_log = os.path.join(self.dir, f'{name}.trace')
+            args += ['-msg', 'timestamp=on', '-D', trace_log]
+            for pattern in trace:
+                args += ['-trace', f'enable={pattern}']
         if incoming:
             args += ['-incoming', 'defer']
         log = open(os.path.join(self.dir, f'{name}.log'), 'w')
@@ -301,6 +372,7 @@ class Lab:
                 raise LabError(f'{name} did not start: {f.read()[-500:]}')
         vm = Vm(self, name, proc, qmp, serial)
         vm.log = log.name
+        vm.trace_log = trace_log
         self.vms.append(vm)
         return vm
 
