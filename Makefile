@@ -4,6 +4,7 @@
 #   make check    ... and run the tests
 #   make demo     ... and migrate a real guest under a ping flood, with a report
 #   make bench    ... and compare with today's practice (RUNS=5)
+#   make soak     ... and count lost pings over many handovers (N=200)
 #   make check SANITIZE=1   the tests under ASan/UBSan, in build-sanitize/
 #
 # QEMU_SRC=/path/to/qemu-10.0 uses your tree instead of Debian's source.
@@ -19,7 +20,7 @@ endif
 QEMU_SRC ?=
 MESON ?= meson
 
-.PHONY: all deps setup build guest check demo bench clean
+.PHONY: all deps setup build guest check demo bench soak clean
 
 all: build
 
@@ -53,6 +54,13 @@ RUNS ?= 5
 bench: build guest
 	scripts/bench.py --qemu $(QEMU_BIN) --guest "$$(scripts/guest/build-guest.sh)" \
 	    --runs $(RUNS) --out $(BUILD)/bench
+
+# N handovers single-queue under 500 pings/s, N/2 with 4 queues, shared RAM
+# and a ping flood; results in $(BUILD)/soak/.  Not part of make check.
+N ?= 200
+soak: build guest
+	scripts/soak.py --qemu $(QEMU_BIN) --guest "$$(scripts/guest/build-guest.sh)" \
+	    --n $(N) --out $(BUILD)/soak
 
 clean:
 	rm -rf $(BUILD)
