@@ -38,6 +38,7 @@
 #include "net/tap.h"
 #include "net/tap_int.h"
 #include "net/tap-linux.h"
+#include "net/vhost_net.h"
 #include "system/runstate.h"
 #include "trace.h"
 
@@ -93,9 +94,15 @@ typedef struct TapTransferState {
     bool stream_owns_downscript;
     int32_t stream_queues;
     TapTransferQueue *stream_queue;
-    /* On the source, kept until the handover is known to hold */
+    /*
+     * Frames read from the TAP that had not reached the guest when the
+     * VM stopped, oldest first.  Held while it is stopped; they go to
+     * the destination with the state, or back to the NIC if the VM
+     * runs here again.
+     */
     int32_t stream_npackets;
     TapTransferPacket *stream_packets;
+    uint32_t take_queue;
 
     VMChangeStateEntry *vm_change;
     /* Runs when the clients go away: netdev_del, exit */
@@ -179,6 +186,27 @@ static void tap_transfer_explain_open_failure(Error **errp)
 
 /* Source side */
 
+/*
+ * The VM runs here again: give the NIC the frames held since the stop.
+ * A queue whose frame was held stopped reading the TAP, waiting for a
+ * completion that never comes: it reads again now, after those frames.
+ */
+static void tap_transfer_release_held(TapTransferState *s)
+{
+    g_autofree bool *stalled = g_new0(bool, s->queues);
+
+    for (int32_t i = 0; s->stream_packets && i < s->stream_npackets; i++) {
+        stalled[s->stream_packets[i].queue] = true;
+    }
+    tap_transfer_send_packets(s);
+    for (uint32_t i = 0; i < s->queues; i++) {
+        /* With vhost, vhost_net_start/stop own the polling of the fd */
+        if (stalled[i] && !get_vhost_net(s->ncs[i])) {
+            s->ncs[i]->info->poll(s->ncs[i], true);
+        }
+    }
+}
+
 static void tap_transfer_resume(TapTransferState *s)
 {
     g_autofree char *default_downscript = NULL;
@@ -193,15 +221,7 @@ static void tap_transfer_resume(TapTransferState *s)
                         s->name, i, strerror(errno));
         }
         tap_set_suspended(s->ncs[i], false);
-        /*
-         * Packets taken from the NIC's queue never completed: poll again.
-         * With vhost, vhost_net_start/stop own the polling of the fd.
-         */
-        if (!tap_get_vhost_net(s->ncs[i])) {
-            s->ncs[i]->info->poll(s->ncs[i], true);
-        }
     }
-    tap_transfer_send_packets(s);
     if (s->owned_downscript) {
         tap_set_downscript(s->ncs[0],
                            tap_transfer_downscript(s, &default_downscript),
@@ -211,39 +231,93 @@ static void tap_transfer_resume(TapTransferState *s)
     trace_tap_transfer_resume(s->name);
 }
 
+static void tap_transfer_take_packet(const uint8_t *data, size_t size,
+                                     void *opaque)
+{
+    TapTransferState *s = opaque;
+    TapTransferPacket *p;
+
+    s->stream_packets = g_renew(TapTransferPacket, s->stream_packets,
+                                s->stream_npackets + 1);
+    p = &s->stream_packets[s->stream_npackets++];
+    p->queue = s->take_queue;
+    p->size = size;
+    p->data = g_memdup2(data, size);
+}
+
+/*
+ * Hold the frames read from the TAP that still wait in the NIC's queues,
+ * after those already held.  Left there they would be lost: when the VM
+ * stops, net.c flushes these queues into a NIC that refuses everything
+ * once stopped, and frees what it refused.
+ */
+static void tap_transfer_hold_queued(TapTransferState *s)
+{
+    int32_t before = s->stream_npackets;
+
+    for (s->take_queue = 0; s->take_queue < s->queues; s->take_queue++) {
+        NetClientState *nc = s->ncs[s->take_queue];
+
+        if (nc && nc->peer) {
+            qemu_net_queue_take(nc->peer->incoming_queue, nc,
+                                tap_transfer_take_packet, s);
+        }
+    }
+    if (s->stream_npackets > before) {
+        trace_tap_transfer_hold(s->name, s->stream_npackets - before,
+                                s->stream_npackets);
+    }
+}
+
+/*
+ * Guest frames the TAP could not take yet are flushed by net.c when the
+ * VM stops, and dropped if the TAP still refuses them.  Only a full TAP
+ * send buffer (sndbuf=, unlimited by default) refuses; say so when it
+ * happens, since nothing else would.
+ */
+static void tap_transfer_flush_tx(TapTransferState *s)
+{
+    for (uint32_t i = 0; i < s->queues; i++) {
+        NetClientState *nc = s->ncs[i];
+
+        if (nc && !qemu_net_queue_flush(nc->incoming_queue)) {
+            trace_tap_transfer_tx_unsent(s->name, i);
+        }
+    }
+}
+
+/* Runs before every vm change state handler, net.c's included */
+static void tap_transfer_vm_prepare(void *opaque, bool running,
+                                    RunState state)
+{
+    TapTransferState *s = opaque;
+
+    if (!running && s->attached) {
+        tap_transfer_hold_queued(s);
+        tap_transfer_flush_tx(s);
+    }
+}
+
 static void tap_transfer_vm_change(void *opaque, bool running,
                                    RunState state)
 {
     TapTransferState *s = opaque;
 
+    if (!running) {
+        return;
+    }
     /* The source runs again: the handover failed or was abandoned */
-    if (running && s->handed_over) {
+    if (s->handed_over) {
         tap_transfer_resume(s);
     }
-}
-
-typedef struct TapTransferTake {
-    GArray *packets;
-    uint32_t queue;
-} TapTransferTake;
-
-static void tap_transfer_take_packet(const uint8_t *data, size_t size,
-                                     void *opaque)
-{
-    TapTransferTake *take = opaque;
-    TapTransferPacket p = {
-        .queue = take->queue,
-        .size = size,
-        .data = g_memdup2(data, size),
-    };
-
-    g_array_append_val(take->packets, p);
+    if (s->attached) {
+        tap_transfer_release_held(s);
+    }
 }
 
 static int tap_transfer_pre_save(void *opaque)
 {
     TapTransferState *s = opaque;
-    TapTransferTake take;
 
     g_free(s->stream_id);
     s->stream_id = (uint8_t *)g_strdup(s->name);
@@ -274,20 +348,11 @@ static int tap_transfer_pre_save(void *opaque)
          */
         tap_set_suspended(s->ncs[i], true);
     }
-    /* ...and those already read but not yet delivered go with the state */
-    tap_transfer_free_packets(s);
-    take.packets = g_array_new(false, false, sizeof(TapTransferPacket));
-    for (take.queue = 0; take.queue < s->queues; take.queue++) {
-        NetClientState *nc = s->ncs[take.queue];
-
-        if (nc->peer) {
-            qemu_net_queue_take(nc->peer->incoming_queue, nc,
-                                tap_transfer_take_packet, &take);
-        }
-    }
-    s->stream_npackets = take.packets->len;
-    s->stream_packets = (TapTransferPacket *)g_array_free(take.packets,
-                                                          false);
+    /*
+     * ...and the frames read but not delivered go with the state: held
+     * at the stop, or read since if the VM was stopped before migrating
+     */
+    tap_transfer_hold_queued(s);
     pstrcpy((char *)s->stream_ifname, sizeof(s->stream_ifname), s->ifname);
     s->owned_downscript = tap_has_downscript(s->ncs[0]);
     s->stream_owns_downscript = s->owned_downscript;
@@ -919,7 +984,8 @@ static int net_init_tap_transfer(const Netdev *netdev, const char *name,
     vmstate_register(NULL, VMSTATE_INSTANCE_ID_ANY, &vmstate_tap_transfer, s);
     register_savevm_live("tap-transfer-setup", VMSTATE_INSTANCE_ID_ANY, 1,
                          &savevm_tap_transfer_handlers, s);
-    s->vm_change = qemu_add_vm_change_state_handler(tap_transfer_vm_change, s);
+    s->vm_change = qemu_add_vm_change_state_handler_prio_full(
+        tap_transfer_vm_change, tap_transfer_vm_prepare, s, 0);
     s->cleanup.notify = tap_transfer_cleanup;
     tap_add_cleanup_notifier(s->ncs[0], &s->cleanup);
     trace_tap_transfer_init(name, s->queues,

@@ -907,6 +907,295 @@ static void test_zero_loss(void)
     qtest_quit(to);
 }
 
+/* QMP only says the load failed; the reason is on the QEMU's stderr */
+static const char *logged_qemu(void)
+{
+    g_autofree char *logged = g_strdup_printf("2>%s/qemu.log %s", tmpdir,
+                                              g_getenv("QTEST_QEMU_BINARY"));
+
+    g_setenv("TAP_TRANSFER_LOGGED_QEMU", logged, true);
+    return "TAP_TRANSFER_LOGGED_QEMU";
+}
+
+static void assert_logged(const char *line)
+{
+    g_autofree char *log = g_build_filename(tmpdir, "qemu.log", NULL);
+    g_autofree char *err = NULL;
+
+    g_assert_true(g_file_get_contents(log, &err, NULL, NULL));
+    g_assert_nonnull(strstr(err, line));
+    unlink(log);
+}
+
+/*
+ * Frames QEMU read from the TAP but could not give the guest yet, for
+ * want of receive buffers.  They wait in the NIC's queue when the source
+ * stops, where QEMU's stop path would drop them: they must reach the
+ * guest exactly once, in order, on the destination or, if the handover
+ * fails, on the source.  Each frame is UDP in IPv4, one flow per frame
+ * pair, so that a multiqueue TAP spreads them over its queues.
+ */
+enum { STRANDED_FLOWS = 8, STRANDED_FRAMES = 2 * STRANDED_FLOWS };
+
+#define STRANDED_HDR_LEN (ETH_HLEN + 20 + 8)
+
+static void host_send_udp(int sock, unsigned ifindex, int flow,
+                          const char *payload)
+{
+    uint8_t frame[ETH_FRAME_LEN] = { 0 };
+    uint8_t *ip = frame + ETH_HLEN;
+    uint8_t *udp = ip + 20;
+    size_t len = strlen(payload) + 1;
+    struct sockaddr_ll sll = {
+        .sll_family = AF_PACKET,
+        .sll_protocol = htons(ETH_P_IP),
+        .sll_ifindex = ifindex,
+        .sll_halen = ETH_ALEN,
+    };
+
+    memcpy(frame, guest_mac, ETH_ALEN);
+    memcpy(frame + ETH_ALEN, host_mac, ETH_ALEN);
+    stw_be_p(frame + 2 * ETH_ALEN, ETH_P_IP);
+    ip[0] = 0x45;
+    stw_be_p(ip + 2, 20 + 8 + len);
+    ip[8] = 64;
+    ip[9] = IPPROTO_UDP;
+    stl_be_p(ip + 12, 0x0a000001);
+    stl_be_p(ip + 16, 0x0a000002);
+    stw_be_p(udp, 40000 + flow);
+    stw_be_p(udp + 2, 9);
+    stw_be_p(udp + 4, 8 + len);
+    memcpy(udp + 8, payload, len);
+    memcpy(sll.sll_addr, guest_mac, ETH_ALEN);
+    g_assert_cmpint(sendto(sock, frame, STRANDED_HDR_LEN + len, 0,
+                           (struct sockaddr *)&sll, sizeof(sll)),
+                    ==, STRANDED_HDR_LEN + len);
+}
+
+/* Frames the QEMUs read from TAP @ifname, from /proc/net/dev */
+static uint64_t tap_frames_read(const char *ifname)
+{
+    g_autofree char *text = NULL;
+    g_autofree char *prefix = g_strdup_printf("%s:", ifname);
+    g_auto(GStrv) lines = NULL;
+
+    g_assert_true(g_file_get_contents("/proc/net/dev", &text, NULL, NULL));
+    lines = g_strsplit(text, "\n", -1);
+    for (int i = 0; lines[i]; i++) {
+        g_auto(GStrv) f = g_strsplit_set(g_strstrip(lines[i]), ": ", -1);
+        g_autoptr(GPtrArray) v = g_ptr_array_new();
+
+        if (!g_str_has_prefix(lines[i], prefix)) {
+            continue;
+        }
+        for (int j = 1; f[j]; j++) {
+            if (*f[j]) {
+                g_ptr_array_add(v, f[j]);
+            }
+        }
+        /* 8 receive columns, then transmit bytes, transmit packets */
+        g_assert_cmpuint(v->len, >, 9);
+        return g_ascii_strtoull(g_ptr_array_index(v, 9), NULL, 10);
+    }
+    g_assert_not_reached();
+}
+
+/* The driver turns on @pairs queue pairs, as Linux does at probe */
+static void nic_set_pairs(Nic *n, int pairs)
+{
+    QTestState *qts = n->m->qts;
+    QVirtQueue *vq = n->vqs[n->nqueues - 1];
+    uint8_t cmd[4] = { VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET };
+    uint64_t req = guest_alloc(&n->m->alloc, sizeof(cmd));
+    uint64_t ack = guest_alloc(&n->m->alloc, 1);
+    uint32_t head;
+
+    stw_le_p(cmd + 2, pairs);
+    qtest_memwrite(qts, req, cmd, sizeof(cmd));
+    qtest_writeb(qts, ack, 0xff);
+    head = qvirtqueue_add(qts, vq, req, sizeof(cmd), false, true);
+    qvirtqueue_add(qts, vq, ack, 1, true, false);
+    qvirtqueue_kick(qts, &n->dev->vdev, vq, head);
+    nic_wait_used(n, vq, head);
+    g_assert_cmpuint(qtest_readb(qts, ack), ==, VIRTIO_NET_OK);
+    guest_free(&n->m->alloc, req);
+    guest_free(&n->m->alloc, ack);
+}
+
+typedef struct RxBuf {
+    uint64_t addr;
+    uint32_t head;
+} RxBuf;
+
+/*
+ * Post receive buffers on every queue pair, then collect
+ * STRANDED_FRAMES frames from whichever pairs they arrive on: each
+ * exactly once, and within a flow in order.  Returns how many queue
+ * pairs delivered frames.
+ */
+static int nic_expect_stranded(Nic *n, int pairs)
+{
+    g_autofree RxBuf *bufs = g_new0(RxBuf, pairs * STRANDED_FRAMES);
+    int last_seen[STRANDED_FLOWS];
+    bool pair_used[64] = { false };
+    gint64 deadline = g_get_monotonic_time() + TIMEOUT_US;
+    int got = 0, npairs = 0;
+
+    memset(last_seen, -1, sizeof(last_seen));
+    for (int i = 0; i < pairs * STRANDED_FRAMES; i++) {
+        bufs[i].addr = nic_post_rx(n, i % pairs, &bufs[i].head);
+    }
+    while (got < STRANDED_FRAMES) {
+        bool idle = true;
+
+        for (int pair = 0; pair < pairs; pair++) {
+            uint8_t frame[ETH_FRAME_LEN];
+            uint32_t head;
+            int b, flow, seq;
+
+            if (!qvirtqueue_get_buf(n->m->qts, n->vqs[pair * 2], &head,
+                                    NULL)) {
+                continue;
+            }
+            idle = false;
+            for (b = 0; b < pairs * STRANDED_FRAMES; b++) {
+                if (bufs[b].head == head && b % pairs == pair) {
+                    break;
+                }
+            }
+            g_assert_cmpint(b, <, pairs * STRANDED_FRAMES);
+            qtest_memread(n->m->qts, bufs[b].addr + VNET_HDR_SIZE, frame,
+                          sizeof(frame));
+            g_assert_cmpint(sscanf((char *)frame + STRANDED_HDR_LEN,
+                                   "stranded-%d-%d", &flow, &seq), ==, 2);
+            g_test_message("pair %d: stranded-%d-%d", pair, flow, seq);
+            g_assert_cmpint(flow, <, STRANDED_FLOWS);
+            /* Once each, and a flow's second frame after its first */
+            g_assert_cmpint(seq, ==, last_seen[flow] + 1);
+            last_seen[flow] = seq;
+            npairs += !pair_used[pair];
+            pair_used[pair] = true;
+            got++;
+        }
+        if (idle) {
+            g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+            g_usleep(1000);
+        }
+    }
+    /* ...and no frame twice */
+    g_usleep(200 * 1000);
+    for (int pair = 0; pair < pairs; pair++) {
+        g_assert_false(qvirtqueue_get_buf(n->m->qts, n->vqs[pair * 2], NULL,
+                                          NULL));
+    }
+    return npairs;
+}
+
+/* Traffic goes on; with one queue no buffer is left, so RX too */
+static void stranded_after(Vm *vm, int pairs, const char *tag)
+{
+    if (pairs == 1) {
+        check_traffic(&vm->nic, vm->sock, 0, tag);
+    } else {
+        nic_tx(&vm->nic, 0, tag);
+        host_expect(vm->sock, tag);
+    }
+}
+
+/*
+ * The source reads frames it cannot deliver yet; the handover runs,
+ * completed or refused by a destination given @dst_netdev; the guest
+ * then posts buffers where it runs: every frame arrives, once.
+ */
+static void do_stranded(const char *netdev, int pairs,
+                        const char *dst_netdev)
+{
+    DestOptions dest = { .keep_on_error = true };
+    QTestState *to;
+    uint64_t read_before;
+    unsigned ifindex;
+    int sock, npairs;
+    Vm vm = { 0 };
+
+    vm_start(&vm, netdev, pairs, NULL);
+    if (pairs > 1) {
+        nic_set_pairs(&vm.nic, pairs);
+    }
+    ifindex = if_nametoindex("tt0");
+    sock = socket(AF_PACKET, SOCK_RAW, 0);
+    g_assert_cmpint(sock, >=, 0);
+
+    read_before = tap_frames_read("tt0");
+    for (int seq = 0; seq < 2; seq++) {
+        for (int flow = 0; flow < STRANDED_FLOWS; flow++) {
+            g_autofree char *payload = g_strdup_printf("stranded-%d-%d",
+                                                       flow, seq);
+
+            host_send_udp(sock, ifindex, flow, payload);
+        }
+    }
+    /* QEMU took at least the first frame of some queue off the TAP */
+    for (int i = 0; tap_frames_read("tt0") == read_before; i++) {
+        g_assert_cmpint(i, <, 3000);
+        g_usleep(10 * 1000);
+    }
+    g_usleep(100 * 1000);
+    g_test_message("frames QEMU read before the handover: %" PRIu64,
+                   tap_frames_read("tt0") - read_before);
+
+    if (dst_netdev) {
+        dest.binary_var = logged_qemu();
+        to = start_dest_opts(dst_netdev, pairs, true, &dest);
+        migrate_refused(vm.qts, to, true, 0);
+        npairs = nic_expect_stranded(&vm.nic, pairs);
+        stranded_after(&vm, pairs, "source");
+        qtest_quit(vm.qts);
+    } else {
+        to = start_dest_opts(netdev, pairs, true, &dest);
+        migrate_to(vm.qts, to, true);
+        qtest_qmp_eventwait(to, "RESUME");
+        qtest_quit(vm.qts);
+        vm_migrated(&vm, to);
+        npairs = nic_expect_stranded(&vm.nic, pairs);
+        stranded_after(&vm, pairs, "destination");
+        qtest_quit(to);
+    }
+    /* Eight flows over four queues, hashed: more than one queue */
+    g_assert_cmpint(npairs, >=, MIN(pairs, 2));
+    vm_release(&vm);
+    close(sock);
+}
+
+static void test_stranded(void)
+{
+    if (need_tap()) {
+        do_stranded("ifname=tt0,script=no,downscript=no", 1, NULL);
+    }
+}
+
+static void test_stranded_refused(void)
+{
+    if (need_tap()) {
+        do_stranded("ifname=tt0,script=no,downscript=no", 1,
+                    "ifname=tt7,script=no,downscript=no");
+    }
+}
+
+static void test_stranded_multiqueue(void)
+{
+    if (need_tap()) {
+        do_stranded("ifname=tt0,queues=4,script=no,downscript=no", 4, NULL);
+    }
+}
+
+static void test_stranded_multiqueue_refused(void)
+{
+    if (need_tap()) {
+        do_stranded("ifname=tt0,queues=4,script=no,downscript=no", 4,
+                    "ifname=tt7,queues=4,script=no,downscript=no");
+    }
+}
+
 /* backend-transfer off: an ordinary migration onto a TAP of its own */
 static void test_transfer_off(void)
 {
@@ -1183,26 +1472,6 @@ static void test_refuse_channels(void)
     qtest_quit(vm.qts);
 }
 
-/* QMP only says the load failed; the reason is on the QEMU's stderr */
-static const char *logged_qemu(void)
-{
-    g_autofree char *logged = g_strdup_printf("2>%s/qemu.log %s", tmpdir,
-                                              g_getenv("QTEST_QEMU_BINARY"));
-
-    g_setenv("TAP_TRANSFER_LOGGED_QEMU", logged, true);
-    return "TAP_TRANSFER_LOGGED_QEMU";
-}
-
-static void assert_logged(const char *line)
-{
-    g_autofree char *log = g_build_filename(tmpdir, "qemu.log", NULL);
-    g_autofree char *err = NULL;
-
-    g_assert_true(g_file_get_contents(log, &err, NULL, NULL));
-    g_assert_nonnull(strstr(err, line));
-    unlink(log);
-}
-
 /*
  * The destination refuses what the source sends: it says why, naming
  * the netdev, closes every fd it received, and the source goes on.
@@ -1350,6 +1619,13 @@ int main(int argc, char **argv)
                    test_handover_unprivileged);
     qtest_add_func("/tap-transfer/migration/four-netdevs", test_four_netdevs);
     qtest_add_func("/tap-transfer/migration/zero-loss", test_zero_loss);
+    qtest_add_func("/tap-transfer/migration/stranded", test_stranded);
+    qtest_add_func("/tap-transfer/migration/stranded-refused",
+                   test_stranded_refused);
+    qtest_add_func("/tap-transfer/migration/stranded-multiqueue",
+                   test_stranded_multiqueue);
+    qtest_add_func("/tap-transfer/migration/stranded-multiqueue-refused",
+                   test_stranded_multiqueue_refused);
     qtest_add_func("/tap-transfer/migration/transfer-off", test_transfer_off);
     qtest_add_func("/tap-transfer/migration/unprivileged-transfer-off",
                    test_unprivileged_transfer_off);
