@@ -20,6 +20,8 @@ MODES = [
     ('tap-transfer, shared RAM', True, True),
     ('new TAP + switch, shared RAM', True, False),
 ]
+# wall-clock trace points for the timeline's outage window
+TRACE = ['vmstate_downtime_checkpoint', 'vm_state_notify']
 METRICS = [('downtime_ms', 'downtime ms'), ('total_ms', 'total ms'),
            ('lost', 'lost pings'), ('max_gap_ms', 'longest gap ms'),
            ('taps_created', 'TAPs created')]
@@ -35,17 +37,25 @@ def one_run(args, shared, transfer, pps=500, seconds=5):
             # from the start; the old one goes with the source
             dst_netdev = (f'tap-transfer,ifname=tt1,script={lab.ifup},'
                           'downscript=no')
-        src = lab.boot(src_netdev, name='source')
+        src = lab.boot(src_netdev, name='source', trace=TRACE)
         links = set(lab.links())
         ping = lab.start_ping(int(pps * seconds), 1 / pps)
         time.sleep(1.5)
         dst, stats = lab.migrate(src, dst_netdev, transfer=transfer,
-                                 name='destination')
+                                 name='destination', trace=TRACE)
         created = len(set(lab.links()) - links)
         lab.retire(src)
         r = lab.ping_result(ping)
+        # the outage for the timeline: source stop -> destination running
+        stop_at = next((ts for ts, name, rest in src.read_trace()
+                        if rest == 'src-downtime-start'), None)
+        running_at = next((ts for ts, name, rest in dst.read_trace()
+                           if name == 'vm_state_notify'
+                           and rest.startswith('running 1')), None)
         return dict(stats, lost=r['lost'], max_gap_ms=r['max_gap_ms'],
                     taps_created=created, replies=r['replies'],
+                    lost_sent_at=sorted(r['sent_at'].values()),
+                    stop_at=stop_at, running_at=running_at,
                     t0=stats['started_at'])
 
 
@@ -72,24 +82,74 @@ def mmm(values):
 
 
 def plot(out, runs):
-    data = []
-    for name, r in runs:
-        path = os.path.join(out, f"timeline-{name.split(',')[0].replace(' ', '-').replace('+', 'plus')}.dat")
+    """Two panels: the whole ping, and a close-up of the switchover.  Each
+    reply is drawn at its send time (reply time - RTT), so the pings that
+    waited out the outage stand inside it; lost pings are crosses at the
+    top, also at their (estimated) send time; the shaded band of each mode
+    is its outage, source stop -> destination running."""
+    colours = ['#1f5fbf', '#d9480f', '#2b8a3e', '#862e9c']
+    cairo = has_cairo()
+    plots, shades = [], []
+    lo, hi = [], []
+    for i, (name, r) in enumerate(runs):
+        slug = name.split(',')[0].replace(' ', '-').replace('+', 'plus')
+        path = os.path.join(out, f'timeline-{slug}.dat')
         with open(path, 'w') as f:
             for ts, seq, rtt in r['replies']:
-                f.write(f'{(ts - r["t0"]) * 1000:.1f} {rtt}\n')
-        data.append((name, path))
+                f.write(f'{(ts - rtt / 1000 - r["t0"]) * 1000:.2f} {rtt}\n')
+        colour = colours[i % len(colours)]
+        plots.append(f"'{path}' using 1:2 with points pt 7 ps 0.35 "
+                     f"lc rgb '{colour}' title '{name}: reply'")
+        lost = os.path.join(out, f'timeline-{slug}-lost.dat')
+        with open(lost, 'w') as f:
+            for ts in r['lost_sent_at']:
+                f.write(f'{(ts - r["t0"]) * 1000:.2f}\n')
+        n = len(r['lost_sent_at'])
+        # crosses in the top band of the plot, one row per mode
+        mark = f"pt 2 ps 2.2 lw 2.5 lc rgb '{colour}'"
+        lost_plot = (f"'{lost}' using 1:({0.95 - 0.05 * i}) axes x1y2 "
+                     f'with points {mark}' if n else
+                     f'keyentry with points {mark}')
+        lost_plot += f" title '{name}: lost pings ({n})'"
+        if r.get('stop_at') and r.get('running_at'):
+            a = (r['stop_at'] - r['t0']) * 1000
+            b = (r['running_at'] - r['t0']) * 1000
+            lo.append(a)
+            hi.append(b)
+            fill = ('fs transparent solid 0.18 noborder' if cairo
+                    else 'fs pattern 4 noborder')
+            shades.append(f"set object {i + 1} rect from {a:.2f}, graph 0 "
+                          f"to {b:.2f}, graph 1 behind fc rgb '{colour}' "
+                          f"{fill}")
+            # a key entry for the band
+            plots.append(f"keyentry with boxes {fill} lc rgb '{colour}' "
+                         f"title '{name}: stop -> destination running "
+                         f"({b - a:.0f} ms)'")
+        plots.append(lost_plot)
     png = os.path.join(out, 'timeline.png')
+    every = ', '.join(plots)
     script = [
-        'set terminal pngcairo size 1100,500' if has_cairo() else
-        'set terminal png size 1100,500',
+        'set terminal pngcairo size 1200,900 font ",10"' if cairo else
+        'set terminal png size 1200,900',
         f"set output '{png}'",
-        "set title 'ping RTT across a local migration (500 pings/s, TCG guest)'",
-        "set xlabel 'ms since migrate was issued'",
+        'set multiplot layout 2,1 title "ping RTT across a local migration '
+        '(500 pings/s from the bridge, TCG guest, one run per mode)"',
         "set ylabel 'RTT ms'", 'set logscale y', 'set grid',
-        'plot ' + ', '.join(f"'{p}' using 1:2 with points pt 7 ps 0.4 "
-                            f"title '{n}'" for n, p in data),
+        'set y2range [0:1]', 'unset y2tics',
+        'set key outside below maxrows 3',
+        *shades,
+        "set xlabel 'ms since migrate was issued (ping send time)'",
+        "set title 'whole run'",
+        'plot ' + every,
     ]
+    if lo:
+        script += [
+            f'set xrange [{min(lo) - 60:.0f}:{max(hi) + 120:.0f}]',
+            "set title 'close-up of the switchover'",
+            'unset key',
+            'plot ' + every,
+        ]
+    script.append('unset multiplot')
     subprocess.run(['gnuplot'], input='\n'.join(script), text=True,
                    check=True)
     return png
