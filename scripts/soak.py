@@ -45,6 +45,8 @@ TRACE_WINDOW = ['virtqueue_pop', 'virtqueue_flush']
 
 SPLIT = [
     ('stop', 'sent', 'source stop -> state sent (downtime)'),
+    ('stop', 'ram', '  of which: stop -> last RAM sent'),
+    ('ram', 'sent', '            last RAM -> device state sent'),
     ('sent', 'loaded', 'state sent -> state loaded'),
     ('loaded', 'running', 'state loaded -> VM running'),
     ('running', 'first_rx', 'VM running -> first frame to the guest'),
@@ -86,7 +88,9 @@ def parse_trace(events):
     for ts, name, rest in events:
         if name == 'vmstate_downtime_checkpoint':
             key = {'src-downtime-start': 'stop',
-                   'src-downtime-end': 'sent',
+                   'src-iterable-saved': 'ram',
+                   'src-non-iterable-saved': 'sent',
+                   'src-downtime-end': 'downtime_end',
                    'dst-precopy-loadvm-completed': 'loaded'}.get(rest)
             if key:
                 t[key] = ts
@@ -151,8 +155,8 @@ def hop(lab, args, mode, vm, index, netdev, vm_kw):
 
     # the source's log also has its own arrival, the hop before
     src_t, dst_t = parse_trace(vm.read_trace()), parse_trace(dst.read_trace())
-    t = {k: src_t[k] for k in ('stop', 'sent', 'handover', 'handover_frames')
-         if k in src_t}
+    t = {k: src_t[k] for k in ('stop', 'ram', 'sent', 'downtime_end',
+                               'handover', 'handover_frames') if k in src_t}
     t.update({k: dst_t[k] for k in ('loaded', 'adopted', 'running',
                                     'first_rx', 'first_tx', 'rx_flushes')
               if k in dst_t})
@@ -331,9 +335,12 @@ def report(args, done, failed):
         row += f"{mmm([h['rx_queues_used'] for h in hops]):>24}"
     lines.append(row)
     lines += ['',
-              'stop, sent: the source\'s vmstate_downtime_checkpoint '
-              'src-downtime-start/-end; loaded: dst-precopy-loadvm-'
-              'completed;',
+              'stop, last RAM, state sent: the source\'s '
+              'vmstate_downtime_checkpoint src-downtime-start, '
+              'src-iterable-saved, src-non-iterable-saved;',
+              'loaded: the destination\'s dst-precopy-loadvm-completed; '
+              'QEMU\'s own downtime (query-migrate, in the table above) '
+              'ends later, src-downtime-end;',
               'running: vm_state_notify running 1 on the destination; '
               'first frame: its first virtqueue_flush on an rx queue;',
               'first reply: the first echo reply ping received after that '
@@ -375,6 +382,7 @@ def main():
 
     done, failed = [], None
     started = time.time()
+    build = build_id(args.qemu)
     try:
         for mode, n in modes(args):
             if mode.key in wanted and n > 0:
@@ -382,6 +390,9 @@ def main():
     except ttlab.LabError as e:
         failed = str(e)
         log(f'soak failed: {e}')
+    if build_id(args.qemu) != build:
+        failed = (failed or '') + ('the build changed during the run: '
+                                   f'it started with {build}')
     text = report(args, done, failed)
     with open(os.path.join(args.out, 'soak.txt'), 'w') as f:
         f.write(text + '\n')
