@@ -1372,6 +1372,60 @@ static void test_mgmt_runtime_fds_to_dest(void)
     }
 }
 
+/*
+ * The TAP in a file descriptor set (add-fd), named /dev/fdset/N: once
+ * the set is removed, the netdev holds the only copy, and hands it over.
+ */
+static void test_mgmt_fdset(void)
+{
+    struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
+    g_autoptr(GArray) src_tun = NULL;
+    g_autoptr(GArray) dst_tun = NULL;
+    QTestState *to;
+    Vm vm = { 0 };
+    int fd;
+
+    if (!need_tap()) {
+        return;
+    }
+    fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    g_assert_cmpint(fd, >=, 0);
+    pstrcpy(ifr.ifr_name, IFNAMSIZ, "tt0");
+    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
+
+    vm.qts = qtest_init("-M pc -m 64 -nodefaults");
+    qtest_qmp_fds_assert_success(vm.qts, &fd, 1,
+                                 "{ 'execute': 'add-fd',"
+                                 "  'arguments': { 'fdset-id': 3 } }");
+    close(fd);
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'netdev_add', 'arguments':"
+                             "  { 'type': 'tap-transfer', 'id': 'n0',"
+                             "    'fd': '/dev/fdset/3' } }");
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'device_add', 'arguments':"
+                             "  { 'driver': 'virtio-net-pci', 'id': 'nic0',"
+                             "    'netdev': 'n0', 'addr': '04.0',"
+                             "    'mac': '" GUEST_MAC "' } }");
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'remove-fd',"
+                             "  'arguments': { 'fdset-id': 3 } }");
+    src_tun = tun_fds(qtest_pid(vm.qts));
+    g_assert_cmpuint(src_tun->len, ==, 1);
+    vm.sock = host_tap_attach("tt0");
+    machine_init(&vm.m, vm.qts);
+    nic_start(&vm.nic, &vm.m, 0, 1);
+    check_traffic(&vm.nic, vm.sock, 0, "fdset-src");
+
+    to = start_dest("script=no,downscript=no", 1, true, NULL);
+    migrate_to(vm.qts, to, true);
+    qtest_qmp_eventwait(to, "RESUME");
+    dst_tun = tun_fds(qtest_pid(to));
+    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    check_traffic(&vm.nic, vm.sock, 0, "fdset-dst");
+    vm_release(&vm);
+    qtest_quit(to);
+}
+
 /* backend-transfer off: an ordinary migration onto a TAP of its own */
 static void test_transfer_off(void)
 {
@@ -1868,6 +1922,7 @@ int main(int argc, char **argv)
     qtest_add_func("/tap-transfer/management/runtime", test_mgmt_runtime);
     qtest_add_func("/tap-transfer/management/runtime-fds-to-dest",
                    test_mgmt_runtime_fds_to_dest);
+    qtest_add_func("/tap-transfer/management/fdset", test_mgmt_fdset);
     qtest_add_func("/tap-transfer/migration/transfer-off", test_transfer_off);
     qtest_add_func("/tap-transfer/migration/unprivileged-transfer-off",
                    test_unprivileged_transfer_off);
