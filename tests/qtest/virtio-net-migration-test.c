@@ -1426,6 +1426,151 @@ static void test_mgmt_fdset(void)
     qtest_quit(to);
 }
 
+/*
+ * The parameter as a property: -global migration.backend-transfer=on on
+ * a destination whose main channel is on its command line.
+ */
+static void test_global_property(void)
+{
+    const char *netdev = "ifname=tt0,script=no,downscript=no";
+    g_autofree char *uri = migration_uri();
+    g_autofree char *extra = g_strdup_printf(
+        "-global migration.backend-transfer=on -incoming %s", uri);
+    g_autoptr(GArray) src_tun = NULL;
+    g_autoptr(GArray) dst_tun = NULL;
+    QTestState *to;
+    QDict *rsp;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, netdev, 1, NULL);
+    src_tun = tun_fds(qtest_pid(vm.qts));
+    to = start_qemu(netdev, 1, extra);
+    rsp = qtest_qmp_assert_success_ref(
+        to, "{ 'execute': 'query-migrate-parameters' }");
+    g_assert_true(qdict_get_bool(rsp, "backend-transfer"));
+    qobject_unref(rsp);
+
+    migrate_to(vm.qts, to, true);
+    qtest_qmp_eventwait(to, "RESUME");
+    dst_tun = tun_fds(qtest_pid(to));
+    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    check_traffic(&vm.nic, vm.sock, 0, "global");
+    vm_release(&vm);
+    qtest_quit(to);
+}
+
+/*
+ * QEMU's own local upgrade mode: cpr-transfer keeps guest RAM in place
+ * (memfd, aux-ram-share) and needs the destination to take its state
+ * from a cpr channel before it creates devices, so its monitor answers
+ * only once the source migrates.  The TAP goes in the main stream.
+ * @defer: the destination gets its main channel and the parameter over
+ * QMP then, rather than on its command line.
+ */
+static void do_cpr_transfer(int pairs, bool defer)
+{
+    g_autofree char *netdev = g_strdup_printf(
+        "ifname=tt0,queues=%d,script=no,downscript=no", pairs);
+    g_autofree char *cpr_path = g_build_filename(tmpdir, "cpr.sock", NULL);
+    g_autofree char *mig_path = g_build_filename(tmpdir, "migsock", NULL);
+    g_autofree char *cpr_channel = g_strdup_printf(
+        "cpr,addr.transport=socket,addr.type=unix,addr.path=%s", cpr_path);
+    const char *ram = "-machine aux-ram-share=on "
+        "-object memory-backend-memfd,id=pc.ram,size=64M "
+        "-machine memory-backend=pc.ram";
+    g_autofree char *dst_extra = g_strdup_printf(
+        "%s -incoming %s -incoming %s%s", ram, cpr_channel,
+        defer ? "defer" : "unix:", defer ? "" : mig_path);
+    g_autofree char *dst_args = NULL;
+    g_autofree char *mq = pairs > 1 ?
+        g_strdup_printf(",mq=on,vectors=%d", 2 * pairs + 2) : g_strdup("");
+    g_autoptr(GArray) src_tun = NULL;
+    g_autoptr(GArray) dst_tun = NULL;
+    unsigned ifindex;
+    QTestState *to;
+    Vm vm = { 0 };
+
+    vm_start(&vm, netdev, pairs, ram);
+    check_traffic(&vm.nic, vm.sock, 0, "cpr-before");
+    src_tun = tun_fds(qtest_pid(vm.qts));
+    ifindex = if_nametoindex("tt0");
+
+    dst_args = g_strdup_printf(
+        "-M pc -m 64 -nodefaults -netdev tap-transfer,id=n0,%s "
+        "-device virtio-net-pci,netdev=n0,addr=04.0,mac=" GUEST_MAC "%s "
+        "%s %s", netdev, mq, defer ? "" :
+        "-global migration.backend-transfer=on", dst_extra);
+    to = qtest_init_with_env_and_capabilities(NULL, dst_args, NULL, false);
+    for (int i = 0; !g_file_test(cpr_path, G_FILE_TEST_EXISTS); i++) {
+        g_assert_cmpint(i, <, 3000);
+        g_usleep(10 * 1000);
+    }
+
+    migrate_set_parameter_str(vm.qts, "mode", "cpr-transfer");
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+    qtest_qmp_assert_success(vm.qts,
+        "{ 'execute': 'migrate', 'arguments': { 'channels': ["
+        "  { 'channel-type': 'main', 'addr': { 'transport': 'socket',"
+        "    'type': 'unix', 'path': %s } },"
+        "  { 'channel-type': 'cpr', 'addr': { 'transport': 'socket',"
+        "    'type': 'unix', 'path': %s } } ] } }", mig_path, cpr_path);
+
+    /* The destination's monitor answers once its cpr state is loaded */
+    qtest_connect(to);
+    qtest_qmp_handshake(to, NULL);
+    if (defer) {
+        g_autofree char *uri = g_strdup_printf("unix:%s", mig_path);
+
+        migrate_set_parameter_bool(to, "backend-transfer", true);
+        migrate_incoming_qmp(to, uri, NULL, "{}");
+    }
+    wait_for_migration_complete(vm.qts);
+    qtest_qmp_eventwait(to, "RESUME");
+
+    dst_tun = tun_fds(qtest_pid(to));
+    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
+    g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    check_traffic(&vm.nic, vm.sock, 0, "cpr-after");
+    for (int pair = 1; pair < pairs; pair++) {
+        g_autofree char *tx = g_strdup_printf("cpr-tx-%d", pair);
+
+        nic_tx(&vm.nic, pair, tx);
+        host_expect(vm.sock, tx);
+    }
+    vm_release(&vm);
+    qtest_quit(to);
+    unlink(cpr_path);
+    unlink(mig_path);
+}
+
+static void test_cpr_transfer(void)
+{
+    if (need_tap()) {
+        do_cpr_transfer(1, false);
+    }
+}
+
+static void test_cpr_transfer_defer(void)
+{
+    if (need_tap()) {
+        do_cpr_transfer(1, true);
+    }
+}
+
+static void test_cpr_transfer_multiqueue(void)
+{
+    if (need_tap()) {
+        do_cpr_transfer(4, false);
+    }
+}
+
 /* backend-transfer off: an ordinary migration onto a TAP of its own */
 static void test_transfer_off(void)
 {
@@ -1923,6 +2068,13 @@ int main(int argc, char **argv)
     qtest_add_func("/tap-transfer/management/runtime-fds-to-dest",
                    test_mgmt_runtime_fds_to_dest);
     qtest_add_func("/tap-transfer/management/fdset", test_mgmt_fdset);
+    qtest_add_func("/tap-transfer/migration/global-property",
+                   test_global_property);
+    qtest_add_func("/tap-transfer/migration/cpr-transfer", test_cpr_transfer);
+    qtest_add_func("/tap-transfer/migration/cpr-transfer-defer",
+                   test_cpr_transfer_defer);
+    qtest_add_func("/tap-transfer/migration/cpr-transfer-multiqueue",
+                   test_cpr_transfer_multiqueue);
     qtest_add_func("/tap-transfer/migration/transfer-off", test_transfer_off);
     qtest_add_func("/tap-transfer/migration/unprivileged-transfer-off",
                    test_unprivileged_transfer_off);
