@@ -4,6 +4,7 @@
 #   make check    ... and run the tests
 #   make demo     ... and migrate a real guest under a ping flood, with a report
 #   make bench    ... and compare with today's practice (RUNS=5)
+#   make install  ... and install each QEMU under PREFIX (/opt/tap-transfer)
 #   make soak     ... and count lost pings over many handovers (N=200)
 #   make check SANITIZE=1   the tests under ASan/UBSan, in build-sanitize/
 #
@@ -20,7 +21,7 @@ endif
 QEMU_SRC ?=
 MESON ?= meson
 
-.PHONY: all deps setup build guest check demo bench soak clean
+.PHONY: all deps setup build guest check demo bench soak install clean
 
 all: build
 
@@ -61,6 +62,12 @@ N ?= 200
 soak: build guest
 	scripts/soak.py --qemu $(QEMU_BIN) --guest "$$(scripts/guest/build-guest.sh)" \
 	    --n $(N) --out $(BUILD)/soak
+
+# Each QEMU series under its own prefix: $(PREFIX)/qemu-10.0, ...
+PREFIX ?= /opt/tap-transfer
+DESTDIR ?=
+install: build
+	scripts/install.sh $(BUILD) $(PREFIX) $(DESTDIR)
 
 clean:
 	rm -rf $(BUILD)
