@@ -271,9 +271,12 @@ def build_id(qemu_dir):
                     differ.append(path)
         except OSError:
             differ.append(path)
+    last = git('log', '-1', '--format=%h', '--', 'net/tap-transfer',
+               'migration/backend-transfer.c', 'migration/backend-transfer.h',
+               'patches').strip()
     info = f'HEAD {head}; the build\'s copy of ' + (
         'net/tap-transfer/ and migration/backend-transfer.[ch] is as '
-        'committed' if not differ else
+        f'committed (last changed in {last})' if not differ else
         f"{', '.join(differ)} differs from HEAD")
     module = os.path.join(qemu_dir, 'net-tap-transfer.so')
     if os.path.exists(module):
