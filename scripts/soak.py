@@ -106,6 +106,8 @@ def parse_trace(events):
                 t['handover_frames'] = int(m.group(1))
         elif name == 'tap_transfer_adopted':
             t['adopted'] = ts
+        elif name == 'tap_transfer_tx_unsent':
+            t['tx_unsent'] = t.get('tx_unsent', 0) + 1
         elif name == 'virtqueue_pop' and 'running' in t:
             m = re.match(r'vq (\S+) elem \S+ in_num (\d+) out_num (\d+)',
                          rest)
@@ -158,7 +160,8 @@ def hop(lab, args, mode, vm, index, netdev, vm_kw):
     # the source's log also has its own arrival, the hop before
     src_t, dst_t = parse_trace(vm.read_trace()), parse_trace(dst.read_trace())
     t = {k: src_t[k] for k in ('stop', 'ram', 'sent', 'downtime_end',
-                               'handover', 'handover_frames') if k in src_t}
+                               'handover', 'handover_frames', 'tx_unsent')
+         if k in src_t}
     t.update({k: dst_t[k] for k in ('loaded', 'adopted', 'running',
                                     'first_rx', 'first_tx', 'rx_flushes')
               if k in dst_t})
@@ -194,6 +197,7 @@ def hop(lab, args, mode, vm, index, netdev, vm_kw):
     h['split_ms'] = {f'{a}-{b}': (t[b] - t[a]) * 1000
                      for a, b, _ in SPLIT if a in t and b in t}
     h['handover_frames'] = t.get('handover_frames')
+    h['tx_unsent'] = t.get('tx_unsent', 0)
     h['rx_queues_used'] = len(t.get('rx_flushes', {}))
     h['tap_dropped'] = drops
     return dst, h
@@ -355,9 +359,14 @@ def report(args, build, done, failed):
             split = [h['split_ms'].get(f'{a}-{b}') for h in hops]
             row += f"{mmm(split, '.1f'):>24}"
         lines.append(row)
-    row = f"{'frames held at the handover':42}"
+    row = f"{'frames carried by the module':42}"
     for mode, hops in done:
-        row += f"{mmm([h['handover_frames'] for h in hops]):>24}"
+        frames = [h['handover_frames'] for h in hops]
+        row += f"{mmm(frames)} ({sum(1 for f in frames if f)}x)".rjust(24)
+    lines.append(row)
+    row = f"{'guest frames dropped at the stop':42}"
+    for mode, hops in done:
+        row += f"{mmm([h['tx_unsent'] for h in hops]):>24}"
     lines.append(row)
     row = f"{'rx queues used after it':42}"
     for mode, hops in done:
@@ -373,7 +382,9 @@ def report(args, build, done, failed):
               'running: vm_state_notify running 1 on the destination; '
               'first frame: its first virtqueue_flush on an rx queue;',
               'first reply: the first echo reply ping received after that '
-              '(ping -D).  One clock (gettimeofday) for all of them.']
+              '(ping -D).  One clock (gettimeofday) for all of them.',
+              'frames carried: tap_transfer_handover\'s count, (Nx) in how '
+              'many handovers; dropped: tap_transfer_tx_unsent events.']
     if failed:
         lines += ['', f'FAILED: {failed}']
     return '\n'.join(lines)
