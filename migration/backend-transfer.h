@@ -8,6 +8,7 @@
 #ifndef MIGRATION_BACKEND_TRANSFER_H
 #define MIGRATION_BACKEND_TRANSFER_H
 
+#include "io/channel.h"
 #include "qapi/qapi-types-migration.h"
 
 /*
@@ -15,5 +16,12 @@
  * descriptors before anything is sent.
  */
 bool backend_transfer_check_channel(MigrationAddress *addr, Error **errp);
+
+/*
+ * The same for an fd: channel, once its fd is known (a pipe or a socket
+ * of another family cannot carry them), before anything is sent.
+ */
+bool backend_transfer_check_fd_channel(QIOChannel *ioc, const char *fdname,
+                                       Error **errp);
 
 #endif

@@ -21,11 +21,13 @@ first frame delivered to the guest -> first reply back through the TAP.
 Prints a report; writes it and all measurements to --out."""
 
 import argparse
+import glob
 import hashlib
 import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,6 +47,8 @@ TRACE_WINDOW = ['virtqueue_pop', 'virtqueue_flush']
 
 SPLIT = [
     ('stop', 'sent', 'source stop -> state sent (downtime)'),
+    ('stop', 'ram', '  of which: stop -> last RAM sent'),
+    ('ram', 'sent', '            last RAM -> device state sent'),
     ('sent', 'loaded', 'state sent -> state loaded'),
     ('loaded', 'running', 'state loaded -> VM running'),
     ('running', 'first_rx', 'VM running -> first frame to the guest'),
@@ -86,7 +90,9 @@ def parse_trace(events):
     for ts, name, rest in events:
         if name == 'vmstate_downtime_checkpoint':
             key = {'src-downtime-start': 'stop',
-                   'src-downtime-end': 'sent',
+                   'src-iterable-saved': 'ram',
+                   'src-non-iterable-saved': 'sent',
+                   'src-downtime-end': 'downtime_end',
                    'dst-precopy-loadvm-completed': 'loaded'}.get(rest)
             if key:
                 t[key] = ts
@@ -151,8 +157,8 @@ def hop(lab, args, mode, vm, index, netdev, vm_kw):
 
     # the source's log also has its own arrival, the hop before
     src_t, dst_t = parse_trace(vm.read_trace()), parse_trace(dst.read_trace())
-    t = {k: src_t[k] for k in ('stop', 'sent', 'handover', 'handover_frames')
-         if k in src_t}
+    t = {k: src_t[k] for k in ('stop', 'ram', 'sent', 'downtime_end',
+                               'handover', 'handover_frames') if k in src_t}
     t.update({k: dst_t[k] for k in ('loaded', 'adopted', 'running',
                                     'first_rx', 'first_tx', 'rx_flushes')
               if k in dst_t})
@@ -193,8 +199,10 @@ def hop(lab, args, mode, vm, index, netdev, vm_kw):
     return dst, h
 
 
-def run_mode(args, mode, n, log):
-    with ttlab.Lab(args.qemu, args.guest, shared_ram=mode.shared) as lab:
+def run_mode(args, mode, n, log, hops):
+    """Appends each handover to @hops as it is done."""
+    with ttlab.Lab(args.run_qemu, args.guest,
+                   shared_ram=mode.shared) as lab:
         netdev = f'tap-transfer,ifname=tt0,script={lab.ifup},downscript=no'
         vm_kw = {'trace': TRACE_ALWAYS}
         if mode.queues > 1:
@@ -214,7 +222,6 @@ def run_mode(args, mode, n, log):
         if queues != mode.queues:
             raise ttlab.LabError(f'the guest uses {queues} of '
                                  f'{mode.queues} queues')
-        hops = []
         for i in range(1, n + 1):
             vm, h = hop(lab, args, mode, vm, i, netdev, vm_kw)
             hops.append(h)
@@ -235,7 +242,6 @@ def run_mode(args, mode, n, log):
                 log(f"  {mode.key} {i}/{n}: downtime {h['downtime_ms']} ms, "
                     f"{h['sent']} pings, lost {h['lost']}; lossy so far "
                     f"{lossy}{detail}")
-        return hops
 
 
 def mmm(values, fmt='.0f'):
@@ -246,16 +252,15 @@ def mmm(values, fmt='.0f'):
                       (min(values), statistics.median(values), max(values)))
 
 
-def build_id(qemu):
-    """Which sources the QEMU under test was built from: the commit, and
-    whether the prepared tree's copies of this project's files (the
-    module, the channel check) differ from it."""
+def build_id(qemu_dir):
+    """Which sources a QEMU build was made from: the commit, and whether
+    the prepared tree's copies of this project's files (the module, the
+    channel check) differ from it; and the module's hash."""
     def git(*a):
         return subprocess.run(['git', '-C', REPO, *a], capture_output=True,
                               text=True).stdout
     head = git('rev-parse', '--short', 'HEAD').strip() or '?'
-    tree = os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(qemu))), 'qemu-src')
+    tree = os.path.join(os.path.dirname(qemu_dir), 'qemu-src')
     differ = []
     for path in git('ls-files', 'net/tap-transfer',
                     'migration/backend-transfer.c',
@@ -270,8 +275,7 @@ def build_id(qemu):
         'net/tap-transfer/ and migration/backend-transfer.[ch] is as '
         'committed' if not differ else
         f"{', '.join(differ)} differs from HEAD")
-    module = os.path.join(os.path.dirname(os.path.abspath(qemu)),
-                          'net-tap-transfer.so')
+    module = os.path.join(qemu_dir, 'net-tap-transfer.so')
     if os.path.exists(module):
         with open(module, 'rb') as f:
             digest = hashlib.sha256(f.read()).hexdigest()[:12]
@@ -281,11 +285,37 @@ def build_id(qemu):
     return info
 
 
-def report(args, done, failed):
+def snapshot(qemu, out):
+    """A copy of the QEMU binary and its modules under @out, so that a
+    rebuild during a long run changes nothing under it; its path and
+    what it was built from."""
+    src = os.path.dirname(os.path.abspath(qemu))
+    snap = os.path.join(os.path.abspath(out), 'qemu')
+    for attempt in range(30):
+        before = build_id(src), os.path.getmtime(qemu)
+        shutil.rmtree(snap, ignore_errors=True)
+        os.makedirs(os.path.join(snap, 'modules'))
+        shutil.copy2(qemu, snap)
+        for so in glob.glob(os.path.join(src, '*.so')):
+            shutil.copy2(so, os.path.join(snap, 'modules'))
+        # firmware and data; its module links are not used, see below
+        shutil.copytree(os.path.join(src, 'qemu-bundle'),
+                        os.path.join(snap, 'qemu-bundle'), symlinks=True)
+        if (build_id(src), os.path.getmtime(qemu)) == before:
+            break
+        time.sleep(10)                  # being rebuilt: try again
+    else:
+        raise ttlab.LabError(f'{qemu} keeps changing')
+    # looked in before the bundle's module directory
+    os.environ['QEMU_MODULE_DIR'] = os.path.join(snap, 'modules')
+    return os.path.join(snap, os.path.basename(qemu)), before[0]
+
+
+def report(args, build, done, failed):
     lines = [f'tap-transfer soak: {platform.node()}, {os.cpu_count()} cores, '
              'guest under TCG, 128 MiB; ping-pong handovers, '
              'backend-transfer on, source quit after each',
-             f'build: {build_id(args.qemu)}',
+             f'build: {build}',
              'trace events: handover points in every QEMU; per-frame '
              '(virtqueue_pop/flush) in each destination until its ping ends'
              if args.trace_frames else 'trace events: handover points only '
@@ -331,9 +361,12 @@ def report(args, done, failed):
         row += f"{mmm([h['rx_queues_used'] for h in hops]):>24}"
     lines.append(row)
     lines += ['',
-              'stop, sent: the source\'s vmstate_downtime_checkpoint '
-              'src-downtime-start/-end; loaded: dst-precopy-loadvm-'
-              'completed;',
+              'stop, last RAM, state sent: the source\'s '
+              'vmstate_downtime_checkpoint src-downtime-start, '
+              'src-iterable-saved, src-non-iterable-saved;',
+              'loaded: the destination\'s dst-precopy-loadvm-completed; '
+              'QEMU\'s own downtime (query-migrate, in the table above) '
+              'ends later, src-downtime-end;',
               'running: vm_state_notify running 1 on the destination; '
               'first frame: its first virtqueue_flush on an rx queue;',
               'first reply: the first echo reply ping received after that '
@@ -375,18 +408,21 @@ def main():
 
     done, failed = [], None
     started = time.time()
+    args.run_qemu, build = snapshot(args.qemu, args.out)
+    log(f'running a copy of {args.qemu}: {build}')
     try:
         for mode, n in modes(args):
             if mode.key in wanted and n > 0:
-                done.append((mode, run_mode(args, mode, n, log)))
+                done.append((mode, []))
+                run_mode(args, mode, n, log, done[-1][1])
     except ttlab.LabError as e:
-        failed = str(e)
-        log(f'soak failed: {e}')
-    text = report(args, done, failed)
+        failed = f'{e} (after {len(done[-1][1])} handovers of {mode.key})'
+        log(f'soak failed: {failed}')
+    text = report(args, build, done, failed)
     with open(os.path.join(args.out, 'soak.txt'), 'w') as f:
         f.write(text + '\n')
     with open(os.path.join(args.out, 'soak.json'), 'w') as f:
-        json.dump({'build': build_id(args.qemu), 'args': vars(args),
+        json.dump({'build': build, 'args': vars(args),
                    'seconds': time.time() - started, 'failed': failed,
                    'modes': [{'mode': m.key, 'title': m.title,
                               'handovers': len(hops),

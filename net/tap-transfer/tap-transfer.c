@@ -801,6 +801,48 @@ static int *tap_transfer_take_fds(const char *names, uint32_t *count,
     return g_steal_pointer(&fds);
 }
 
+/*
+ * tap.c takes fd= and fds= by monitor name or number.  Management may
+ * also pass TAP fds in a file descriptor set (add-fd) and name them
+ * /dev/fdset/N: replace those by the number of a duplicate of our own,
+ * which tap.c, or the migration, then owns.
+ */
+static bool tap_transfer_resolve_fdsets(NetdevTapOptions *opts,
+                                        Error **errp)
+{
+    char **field = opts->fd ? &opts->fd : &opts->fds;
+    g_auto(GStrv) names = NULL;
+    g_autofree int *dups = NULL;
+    uint32_t n;
+
+    if (!*field || !strstr(*field, "/dev/fdset/")) {
+        return true;
+    }
+    names = g_strsplit(*field, ":", TAP_TRANSFER_MAX_QUEUES);
+    n = g_strv_length(names);
+    dups = g_new(int, n);
+    for (uint32_t i = 0; i < n; i++) {
+        dups[i] = -1;
+        if (!g_str_has_prefix(names[i], "/dev/fdset/")) {
+            continue;
+        }
+        dups[i] = qemu_open(names[i], O_RDWR, errp);
+        if (dups[i] < 0) {
+            error_prepend(errp, "cannot take a TAP file descriptor from %s: ",
+                          names[i]);
+            tap_transfer_close_fds(dups, i);
+            return false;
+        }
+        /* Ours alone: the set may go away without it */
+        monitor_fdset_dup_fd_remove(dups[i]);
+        g_free(names[i]);
+        names[i] = g_strdup_printf("%d", dups[i]);
+    }
+    g_free(*field);
+    *field = g_strjoinv(":", names);
+    return true;
+}
+
 static bool tap_transfer_check_options(const NetdevTapOptions *opts,
                                        NetClientState *peer, Error **errp)
 {
@@ -960,6 +1002,10 @@ static int net_init_tap_transfer(const Netdev *netdev, const char *name,
     s->name = g_strdup(name);
     s->opts = QAPI_CLONE(NetdevTapOptions, opts);
     s->queues = opts->has_queues ? opts->queues : 1;
+    if (!tap_transfer_resolve_fdsets(s->opts, errp)) {
+        tap_transfer_free(s);
+        return -1;
+    }
 
     if (runstate_check(RUN_STATE_INMIGRATE)) {
         ok = tap_transfer_init_incoming(s, errp);

@@ -1196,6 +1196,381 @@ static void test_stranded_multiqueue_refused(void)
     }
 }
 
+/*
+ * Management software opens the TAP itself and passes its queues in,
+ * creates netdevs and NICs at run time, and hands QEMU the migration
+ * channel as an fd.
+ */
+enum { MGMT_QUEUES = 4 };
+
+/*
+ * Management opens queue after queue of the multiqueue TAP tt0, to be
+ * inherited by the next QEMU, or (@cloexec) passed with getfd.
+ */
+static void mgmt_open_tap(int *fds, bool cloexec)
+{
+    for (int i = 0; i < MGMT_QUEUES; i++) {
+        struct ifreq ifr = {
+            .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE,
+        };
+
+        fds[i] = open("/dev/net/tun", O_RDWR | (cloexec ? O_CLOEXEC : 0));
+        g_assert_cmpint(fds[i], >=, 0);
+        pstrcpy(ifr.ifr_name, IFNAMSIZ, "tt0");
+        g_assert_cmpint(ioctl(fds[i], TUNSETIFF, &ifr), ==, 0);
+    }
+}
+
+static void mgmt_getfd(QTestState *qts, int fd, const char *name)
+{
+    qtest_qmp_fds_assert_success(qts, &fd, 1,
+                                 "{ 'execute': 'getfd',"
+                                 "  'arguments': { 'fdname': %s } }", name);
+}
+
+/*
+ * A QEMU with the NIC on netdev n0, on management's @fds if any, else
+ * just told the queue count.  On the command line the fds are
+ * inherited; at run time they come with getfd, as q0..q3.
+ */
+static QTestState *mgmt_start(const int *fds, bool runtime, bool incoming)
+{
+    const char *mq = "mq=on,vectors=10";
+    g_autofree char *netdev = NULL;
+    QTestState *qts;
+    QDict *args;
+
+    if (!runtime) {
+        netdev = fds ? g_strdup_printf("fds=%d:%d:%d:%d", fds[0], fds[1],
+                                       fds[2], fds[3]) :
+                       g_strdup_printf("queues=%d", MGMT_QUEUES);
+        return qtest_initf("-M pc -m 64 -nodefaults %s -netdev "
+                           "tap-transfer,id=n0,%s -device virtio-net-pci,"
+                           "netdev=n0,addr=04.0,mac=" GUEST_MAC ",%s",
+                           incoming ? "-incoming defer" : "", netdev, mq);
+    }
+    qts = qtest_initf("-M pc -m 64 -nodefaults %s",
+                      incoming ? "-incoming defer" : "");
+    for (int i = 0; fds && i < MGMT_QUEUES; i++) {
+        g_autofree char *name = g_strdup_printf("q%d", i);
+
+        mgmt_getfd(qts, fds[i], name);
+    }
+    args = qdict_new();
+    qdict_put_str(args, "type", "tap-transfer");
+    qdict_put_str(args, "id", "n0");
+    if (fds) {
+        qdict_put_str(args, "fds", "q0:q1:q2:q3");
+    } else {
+        qdict_put_int(args, "queues", MGMT_QUEUES);
+    }
+    qtest_qmp_assert_success(qts, "{ 'execute': 'netdev_add',"
+                             "  'arguments': %p }", args);
+    qtest_qmp_assert_success(qts, "{ 'execute': 'device_add', 'arguments':"
+                             "  { 'driver': 'virtio-net-pci', 'id': 'nic0',"
+                             "    'netdev': 'n0', 'addr': '04.0',"
+                             "    'mac': '" GUEST_MAC "', 'mq': true,"
+                             "    'vectors': 10 } }");
+    return qts;
+}
+
+/*
+ * The source runs on management's fds; the destination gets nothing
+ * but the queue count, or fds of its own (@dest_fds), which it must
+ * close unused.  The migration goes over fd: channels on both sides.
+ */
+static void do_mgmt_handover(bool runtime, bool dest_fds)
+{
+    int src_fds[MGMT_QUEUES], dst_given[MGMT_QUEUES], chan[2];
+    g_autoptr(GArray) src_tun = NULL;
+    g_autoptr(GArray) dst_tun = NULL;
+    unsigned ifindex, links;
+    QTestState *to;
+    Vm vm = { 0 };
+
+    mgmt_open_tap(src_fds, runtime);
+    vm.qts = mgmt_start(src_fds, runtime, false);
+    for (int i = 0; i < MGMT_QUEUES; i++) {
+        close(src_fds[i]);
+    }
+    vm.sock = host_tap_attach("tt0");
+    machine_init(&vm.m, vm.qts);
+    nic_start(&vm.nic, &vm.m, 0, MGMT_QUEUES);
+    check_traffic(&vm.nic, vm.sock, 0, "mgmt-before");
+    src_tun = tun_fds(qtest_pid(vm.qts));
+    g_assert_cmpuint(src_tun->len, ==, MGMT_QUEUES);
+    ifindex = if_nametoindex("tt0");
+    links = count_links();
+
+    if (dest_fds) {
+        /* The same TAP's queues, as naive management would pass */
+        mgmt_open_tap(dst_given, runtime);
+    }
+    to = mgmt_start(dest_fds ? dst_given : NULL, runtime, true);
+    for (int i = 0; dest_fds && i < MGMT_QUEUES; i++) {
+        close(dst_given[i]);
+    }
+    g_assert_cmpuint(count_tun_fds(qtest_pid(to)), ==,
+                     dest_fds ? MGMT_QUEUES : 0);
+
+    g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM, 0, chan), ==, 0);
+    mgmt_getfd(vm.qts, chan[0], "mig");
+    mgmt_getfd(to, chan[1], "mig");
+    close(chan[0]);
+    close(chan[1]);
+    migrate_set_parameter_bool(to, "backend-transfer", true);
+    migrate_incoming_qmp(to, "fd:mig", NULL, "{}");
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+    migrate_qmp(vm.qts, to, "fd:mig", NULL, "{}");
+    wait_for_migration_complete(vm.qts);
+    qtest_qmp_eventwait(to, "RESUME");
+
+    /* Only the source's queues, not one of those passed to it */
+    dst_tun = tun_fds(qtest_pid(to));
+    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
+    g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
+    g_assert_cmpuint(count_links(), ==, links);
+
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    check_traffic(&vm.nic, vm.sock, 0, "mgmt-after");
+    for (int pair = 1; pair < MGMT_QUEUES; pair++) {
+        g_autofree char *tx = g_strdup_printf("mgmt-tx-%d", pair);
+
+        nic_tx(&vm.nic, pair, tx);
+        host_expect(vm.sock, tx);
+    }
+    vm_release(&vm);
+    qtest_quit(to);
+}
+
+static void test_mgmt_fds(void)
+{
+    if (need_tap()) {
+        do_mgmt_handover(false, false);
+    }
+}
+
+static void test_mgmt_fds_to_dest(void)
+{
+    if (need_tap()) {
+        do_mgmt_handover(false, true);
+    }
+}
+
+static void test_mgmt_runtime(void)
+{
+    if (need_tap()) {
+        do_mgmt_handover(true, false);
+    }
+}
+
+static void test_mgmt_runtime_fds_to_dest(void)
+{
+    if (need_tap()) {
+        do_mgmt_handover(true, true);
+    }
+}
+
+/*
+ * The TAP in a file descriptor set (add-fd), named /dev/fdset/N: once
+ * the set is removed, the netdev holds the only copy, and hands it over.
+ */
+static void test_mgmt_fdset(void)
+{
+    struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
+    g_autoptr(GArray) src_tun = NULL;
+    g_autoptr(GArray) dst_tun = NULL;
+    QTestState *to;
+    Vm vm = { 0 };
+    int fd;
+
+    if (!need_tap()) {
+        return;
+    }
+    fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    g_assert_cmpint(fd, >=, 0);
+    pstrcpy(ifr.ifr_name, IFNAMSIZ, "tt0");
+    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
+
+    vm.qts = qtest_init("-M pc -m 64 -nodefaults");
+    qtest_qmp_fds_assert_success(vm.qts, &fd, 1,
+                                 "{ 'execute': 'add-fd',"
+                                 "  'arguments': { 'fdset-id': 3 } }");
+    close(fd);
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'netdev_add', 'arguments':"
+                             "  { 'type': 'tap-transfer', 'id': 'n0',"
+                             "    'fd': '/dev/fdset/3' } }");
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'device_add', 'arguments':"
+                             "  { 'driver': 'virtio-net-pci', 'id': 'nic0',"
+                             "    'netdev': 'n0', 'addr': '04.0',"
+                             "    'mac': '" GUEST_MAC "' } }");
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'remove-fd',"
+                             "  'arguments': { 'fdset-id': 3 } }");
+    src_tun = tun_fds(qtest_pid(vm.qts));
+    g_assert_cmpuint(src_tun->len, ==, 1);
+    vm.sock = host_tap_attach("tt0");
+    machine_init(&vm.m, vm.qts);
+    nic_start(&vm.nic, &vm.m, 0, 1);
+    check_traffic(&vm.nic, vm.sock, 0, "fdset-src");
+
+    to = start_dest("script=no,downscript=no", 1, true, NULL);
+    migrate_to(vm.qts, to, true);
+    qtest_qmp_eventwait(to, "RESUME");
+    dst_tun = tun_fds(qtest_pid(to));
+    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    check_traffic(&vm.nic, vm.sock, 0, "fdset-dst");
+    vm_release(&vm);
+    qtest_quit(to);
+}
+
+/*
+ * The parameter as a property: -global migration.backend-transfer=on on
+ * a destination whose main channel is on its command line.
+ */
+static void test_global_property(void)
+{
+    const char *netdev = "ifname=tt0,script=no,downscript=no";
+    g_autofree char *uri = migration_uri();
+    g_autofree char *extra = g_strdup_printf(
+        "-global migration.backend-transfer=on -incoming %s", uri);
+    g_autoptr(GArray) src_tun = NULL;
+    g_autoptr(GArray) dst_tun = NULL;
+    QTestState *to;
+    QDict *rsp;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, netdev, 1, NULL);
+    src_tun = tun_fds(qtest_pid(vm.qts));
+    to = start_qemu(netdev, 1, extra);
+    rsp = qtest_qmp_assert_success_ref(
+        to, "{ 'execute': 'query-migrate-parameters' }");
+    g_assert_true(qdict_get_bool(rsp, "backend-transfer"));
+    qobject_unref(rsp);
+
+    migrate_to(vm.qts, to, true);
+    qtest_qmp_eventwait(to, "RESUME");
+    dst_tun = tun_fds(qtest_pid(to));
+    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    check_traffic(&vm.nic, vm.sock, 0, "global");
+    vm_release(&vm);
+    qtest_quit(to);
+}
+
+/*
+ * QEMU's own local upgrade mode: cpr-transfer keeps guest RAM in place
+ * (memfd, aux-ram-share) and needs the destination to take its state
+ * from a cpr channel before it creates devices, so its monitor answers
+ * only once the source migrates.  The TAP goes in the main stream.
+ * @defer: the destination gets its main channel and the parameter over
+ * QMP then, rather than on its command line.
+ */
+static void do_cpr_transfer(int pairs, bool defer)
+{
+    g_autofree char *netdev = g_strdup_printf(
+        "ifname=tt0,queues=%d,script=no,downscript=no", pairs);
+    g_autofree char *cpr_path = g_build_filename(tmpdir, "cpr.sock", NULL);
+    g_autofree char *mig_path = g_build_filename(tmpdir, "migsock", NULL);
+    g_autofree char *cpr_channel = g_strdup_printf(
+        "cpr,addr.transport=socket,addr.type=unix,addr.path=%s", cpr_path);
+    const char *ram = "-machine aux-ram-share=on "
+        "-object memory-backend-memfd,id=pc.ram,size=64M "
+        "-machine memory-backend=pc.ram";
+    g_autofree char *dst_extra = g_strdup_printf(
+        "%s -incoming %s -incoming %s%s", ram, cpr_channel,
+        defer ? "defer" : "unix:", defer ? "" : mig_path);
+    g_autofree char *dst_args = NULL;
+    g_autofree char *mq = pairs > 1 ?
+        g_strdup_printf(",mq=on,vectors=%d", 2 * pairs + 2) : g_strdup("");
+    g_autoptr(GArray) src_tun = NULL;
+    g_autoptr(GArray) dst_tun = NULL;
+    unsigned ifindex;
+    QTestState *to;
+    Vm vm = { 0 };
+
+    vm_start(&vm, netdev, pairs, ram);
+    check_traffic(&vm.nic, vm.sock, 0, "cpr-before");
+    src_tun = tun_fds(qtest_pid(vm.qts));
+    ifindex = if_nametoindex("tt0");
+
+    dst_args = g_strdup_printf(
+        "-M pc -m 64 -nodefaults -netdev tap-transfer,id=n0,%s "
+        "-device virtio-net-pci,netdev=n0,addr=04.0,mac=" GUEST_MAC "%s "
+        "%s %s", netdev, mq, defer ? "" :
+        "-global migration.backend-transfer=on", dst_extra);
+    to = qtest_init_with_env_and_capabilities(NULL, dst_args, NULL, false);
+    for (int i = 0; !g_file_test(cpr_path, G_FILE_TEST_EXISTS); i++) {
+        g_assert_cmpint(i, <, 3000);
+        g_usleep(10 * 1000);
+    }
+
+    migrate_set_parameter_str(vm.qts, "mode", "cpr-transfer");
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+    qtest_qmp_assert_success(vm.qts,
+        "{ 'execute': 'migrate', 'arguments': { 'channels': ["
+        "  { 'channel-type': 'main', 'addr': { 'transport': 'socket',"
+        "    'type': 'unix', 'path': %s } },"
+        "  { 'channel-type': 'cpr', 'addr': { 'transport': 'socket',"
+        "    'type': 'unix', 'path': %s } } ] } }", mig_path, cpr_path);
+
+    /* The destination's monitor answers once its cpr state is loaded */
+    qtest_connect(to);
+    qtest_qmp_handshake(to, NULL);
+    if (defer) {
+        g_autofree char *uri = g_strdup_printf("unix:%s", mig_path);
+
+        migrate_set_parameter_bool(to, "backend-transfer", true);
+        migrate_incoming_qmp(to, uri, NULL, "{}");
+    }
+    wait_for_migration_complete(vm.qts);
+    qtest_qmp_eventwait(to, "RESUME");
+
+    dst_tun = tun_fds(qtest_pid(to));
+    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
+    g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    check_traffic(&vm.nic, vm.sock, 0, "cpr-after");
+    for (int pair = 1; pair < pairs; pair++) {
+        g_autofree char *tx = g_strdup_printf("cpr-tx-%d", pair);
+
+        nic_tx(&vm.nic, pair, tx);
+        host_expect(vm.sock, tx);
+    }
+    vm_release(&vm);
+    qtest_quit(to);
+    unlink(cpr_path);
+    unlink(mig_path);
+}
+
+static void test_cpr_transfer(void)
+{
+    if (need_tap()) {
+        do_cpr_transfer(1, false);
+    }
+}
+
+static void test_cpr_transfer_defer(void)
+{
+    if (need_tap()) {
+        do_cpr_transfer(1, true);
+    }
+}
+
+static void test_cpr_transfer_multiqueue(void)
+{
+    if (need_tap()) {
+        do_cpr_transfer(4, false);
+    }
+}
+
 /* backend-transfer off: an ordinary migration onto a TAP of its own */
 static void test_transfer_off(void)
 {
@@ -1473,6 +1848,66 @@ static void test_refuse_channels(void)
 }
 
 /*
+ * Management hands over an fd: channel that cannot carry fds: refused
+ * by the migrate command itself; the VM never stops and the fd is closed.
+ */
+static void test_refuse_fd_channels(void)
+{
+    const char *reasons[] = { "fd:mig is a pipe", "fd:mig is an IPv4 socket" };
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+
+    for (int i = 0; i < ARRAY_SIZE(reasons); i++) {
+        unsigned fds_before = count_fds(qtest_pid(vm.qts));
+        g_autofree char *tag = g_strdup_printf("fd-refused%d", i);
+        g_autofree char *expected = g_strdup_printf(
+            "backend-transfer passes file descriptors and needs a UNIX "
+            "socket migration channel; %s", reasons[i]);
+        int fds[2];
+        const char *desc;
+        QDict *rsp;
+
+        if (i == 0) {
+            g_assert_cmpint(pipe(fds), ==, 0);
+        } else {
+            fds[0] = socket(AF_INET, SOCK_STREAM, 0);
+            fds[1] = -1;
+            g_assert_cmpint(fds[0], >=, 0);
+        }
+        qtest_qmp_fds_assert_success(vm.qts, &fds[0], 1,
+            "{ 'execute': 'getfd', 'arguments': { 'fdname': 'mig' } }");
+        close(fds[0]);
+        if (fds[1] >= 0) {
+            close(fds[1]);
+        }
+
+        rsp = qtest_qmp(vm.qts, "{ 'execute': 'migrate', 'arguments': "
+                        "{ 'uri': 'fd:mig' } }");
+        g_assert_true(qdict_haskey(rsp, "error"));
+        desc = qdict_get_str(qdict_get_qdict(rsp, "error"), "desc");
+        g_test_message("fd:mig: %s", desc);
+        g_assert_cmpstr(desc, ==, expected);
+        qobject_unref(rsp);
+
+        /* Refused before the stop: no STOP event, and it still runs */
+        g_assert_null(qtest_qmp_event_ref(vm.qts, "STOP"));
+        rsp = qtest_qmp_assert_success_ref(vm.qts,
+                                           "{ 'execute': 'query-status' }");
+        g_assert_true(qdict_get_bool(rsp, "running"));
+        qobject_unref(rsp);
+        check_traffic(&vm.nic, vm.sock, 0, tag);
+        g_assert_cmpuint(count_fds(qtest_pid(vm.qts)), ==, fds_before);
+    }
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+/*
  * The destination refuses what the source sends: it says why, naming
  * the netdev, closes every fd it received, and the source goes on.
  */
@@ -1626,6 +2061,20 @@ int main(int argc, char **argv)
                    test_stranded_multiqueue);
     qtest_add_func("/tap-transfer/migration/stranded-multiqueue-refused",
                    test_stranded_multiqueue_refused);
+    qtest_add_func("/tap-transfer/management/fds", test_mgmt_fds);
+    qtest_add_func("/tap-transfer/management/fds-to-dest",
+                   test_mgmt_fds_to_dest);
+    qtest_add_func("/tap-transfer/management/runtime", test_mgmt_runtime);
+    qtest_add_func("/tap-transfer/management/runtime-fds-to-dest",
+                   test_mgmt_runtime_fds_to_dest);
+    qtest_add_func("/tap-transfer/management/fdset", test_mgmt_fdset);
+    qtest_add_func("/tap-transfer/migration/global-property",
+                   test_global_property);
+    qtest_add_func("/tap-transfer/migration/cpr-transfer", test_cpr_transfer);
+    qtest_add_func("/tap-transfer/migration/cpr-transfer-defer",
+                   test_cpr_transfer_defer);
+    qtest_add_func("/tap-transfer/migration/cpr-transfer-multiqueue",
+                   test_cpr_transfer_multiqueue);
     qtest_add_func("/tap-transfer/migration/transfer-off", test_transfer_off);
     qtest_add_func("/tap-transfer/migration/unprivileged-transfer-off",
                    test_unprivileged_transfer_off);
@@ -1635,6 +2084,8 @@ int main(int argc, char **argv)
     qtest_add_func("/tap-transfer/migration/cancel", test_cancel);
     qtest_add_func("/tap-transfer/migration/ping-pong", test_ping_pong);
     qtest_add_func("/tap-transfer/refused/channels", test_refuse_channels);
+    qtest_add_func("/tap-transfer/refused/fd-channels",
+                   test_refuse_fd_channels);
     qtest_add_func("/tap-transfer/refused/on-off", test_refused_on_off);
     qtest_add_func("/tap-transfer/refused/off-on", test_refused_off_on);
     qtest_add_func("/tap-transfer/refused/queues", test_refused_queues);
