@@ -55,14 +55,12 @@ def qemu_python(qemu):
 QEMUMachine = QMPError = AbnormalShutdown = None
 
 
-def import_qemu_python(qemu):
-    """Import QEMU's own Python tooling (qemu.machine, qemu.qmp) from the
-    tree that built @qemu."""
+def import_qemu_python(path):
+    """Import QEMU's own Python tooling (qemu.machine, qemu.qmp) from
+    @path, a QEMU tree's python/ directory."""
     global QEMUMachine, QMPError, AbnormalShutdown
-    path = qemu_python(qemu)
     if not os.path.isdir(os.path.join(path, 'qemu', 'machine')):
-        raise LabError(f'no QEMU Python tooling at {path} (expected next '
-                       f'to the build of {qemu})')
+        raise LabError(f'no QEMU Python tooling (qemu/machine) in {path}')
     if path not in sys.path:
         sys.path.insert(0, path)
     # pylint: disable=import-error,import-outside-toplevel
@@ -159,9 +157,13 @@ class Vm:
 
 
 class Lab:
-    def __init__(self, qemu, guest_dir, mem=128, shared_ram=False):
+    def __init__(self, qemu, guest_dir, mem=128, shared_ram=False,
+                 python_dir=None):
+        """@python_dir: the python/ directory of the QEMU tree @qemu was
+        built from; by default qemu_python(@qemu), for a @qemu that was
+        not moved from its build directory."""
         self.qemu = os.path.abspath(qemu)
-        import_qemu_python(self.qemu)
+        import_qemu_python(python_dir or qemu_python(self.qemu))
         self.guest_dir = guest_dir
         self.mem = mem
         self.shared_ram = shared_ram
