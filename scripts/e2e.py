@@ -71,19 +71,18 @@ def test_cancel(lab):
     dst = lab.start_vm(netdev(lab), incoming=True)
     uri = f'unix:{os.path.join(lab.dir, "mig.sock")}'
     for vm in (src, dst):
-        vm.qmp.cmd('migrate-set-parameters', **{'backend-transfer': True})
+        vm.cmd('migrate-set-parameters', **{'backend-transfer': True})
     # slow enough to be caught while active
-    src.qmp.cmd('migrate-set-parameters', **{'max-bandwidth': 4 << 20})
-    dst.qmp.cmd('migrate-incoming', uri=uri)
-    src.qmp.cmd('migrate', uri=uri)
-    while src.qmp.cmd('query-migrate')['status'] != 'active':
+    src.cmd('migrate-set-parameters', **{'max-bandwidth': 4 << 20})
+    dst.cmd('migrate-incoming', uri=uri)
+    src.cmd('migrate', uri=uri)
+    while src.cmd('query-migrate')['status'] != 'active':
         time.sleep(0.01)
-    src.qmp.cmd('migrate_cancel')
-    while src.qmp.cmd('query-migrate')['status'] != 'cancelled':
+    src.cmd('migrate_cancel')
+    while src.cmd('query-migrate')['status'] != 'cancelled':
         time.sleep(0.01)
-    dst.proc.wait(30)
+    dst.wait_exit(30)           # its incoming migration failed: it quits
     lab.vms.remove(dst)
-    dst.qmp.close()
     ping = lab.start_ping(500)
     r = lab.ping_result(ping)
     print(f"# after cancel: lost {r['lost']} of {r['sent']}")

@@ -3,7 +3,7 @@
 # The archive's address is taken from the machine's own Debian sources entry.
 set -euo pipefail
 
-stamp=/var/lib/tap-transfer/deps-v2
+stamp=/var/lib/tap-transfer/deps-v3
 [ -f "$stamp" ] && exit 0
 
 if [ "$(id -u)" != 0 ]; then
@@ -45,6 +45,8 @@ apt-get install -q -y --no-install-recommends \
     libglib2.0-dev zlib1g-dev libfdt-dev libcap-ng-dev libcap-ng-utils \
     seabios ipxe-qemu iproute2 bridge-utils iputils-ping busybox-static \
     cpio kmod fakeroot rsync qemu-system-data gnuplot-nox util-linux
-apt-get install -q -y --no-install-recommends -t bookworm-backports meson
+# pycotap: the TAP output of QEMU's functional test framework
+apt-get install -q -y --no-install-recommends -t bookworm-backports \
+    meson python3-pycotap
 mkdir -p "$(dirname "$stamp")"
 touch "$stamp"

@@ -205,8 +205,10 @@ def hop(lab, args, mode, vm, index, netdev, vm_kw):
 
 def run_mode(args, mode, n, log, hops):
     """Appends each handover to @hops as it is done."""
-    with ttlab.Lab(args.run_qemu, args.guest,
-                   shared_ram=mode.shared) as lab:
+    # the copy of the binary is not in a build: QEMU's Python tooling comes
+    # from the tree next to the original
+    with ttlab.Lab(args.run_qemu, args.guest, shared_ram=mode.shared,
+                   python_dir=ttlab.qemu_python(args.qemu)) as lab:
         netdev = f'tap-transfer,ifname=tt0,script={lab.ifup},downscript=no'
         vm_kw = {'trace': TRACE_ALWAYS}
         if mode.queues > 1:

@@ -5,18 +5,20 @@ booted under QEMU on -netdev tap-transfer (or tap) attached to it, a ping
 flood from the bridge, and local migration between QEMU processes.  All of
 it is torn down on exit, Ctrl-C or failure.
 
-Used by demo.py, bench.py and e2e.py.
+QEMU is run and spoken to with QEMU's own Python tooling (qemu.machine's
+QEMUMachine, qemu.qmp) from the tree that built the QEMU under test.
+
+Used by demo.py, bench.py, e2e.py and soak.py.
 """
 
 import bisect
 import ctypes
-import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -42,65 +44,63 @@ def kcmp_file(pid1, fd1, pid2, fd2):
     return _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
 
 
-class Qmp:
-    """Just enough of QMP: commands, and events kept for later."""
+def qemu_python(qemu):
+    """The python/ directory of the QEMU tree @qemu was built from: this
+    project builds <build>/qemu-build from the prepared <build>/qemu-src."""
+    build = os.path.dirname(os.path.dirname(os.path.abspath(qemu)))
+    return os.path.join(build, 'qemu-src', 'python')
 
-    def __init__(self, path, timeout=30):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise LabError(f'no QMP socket at {path}')
-                time.sleep(0.05)
-        self.file = self.sock.makefile('rw')
-        self.events = []
-        self._read()                      # greeting
-        self.cmd('qmp_capabilities')
 
-    def _read(self):
-        line = self.file.readline()
-        if not line:
-            raise LabError('QMP connection closed')
-        return json.loads(line)
+# QEMU's Python tooling, imported by import_qemu_python()
+QEMUMachine = QMPError = AbnormalShutdown = None
 
-    def cmd(self, name, /, **args):
-        # positional-only: a command may have an argument called "name"
-        self.file.write(json.dumps({'execute': name, 'arguments': args}))
-        self.file.write('\n')
-        self.file.flush()
-        while True:
-            msg = self._read()
-            if 'event' in msg:
-                self.events.append(msg)
-            elif 'error' in msg:
-                raise LabError(f"{name}: {msg['error']['desc']}")
-            else:
-                return msg['return']
 
-    def close(self):
-        self.sock.close()
+def import_qemu_python(path):
+    """Import QEMU's own Python tooling (qemu.machine, qemu.qmp) from
+    @path, a QEMU tree's python/ directory."""
+    global QEMUMachine, QMPError, AbnormalShutdown
+    if not os.path.isdir(os.path.join(path, 'qemu', 'machine')):
+        raise LabError(f'no QEMU Python tooling (qemu/machine) in {path}')
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    # pylint: disable=import-error,import-outside-toplevel
+    from qemu.machine import QEMUMachine
+    from qemu.machine.machine import AbnormalShutdown
+    from qemu.qmp import QMPError
 
 
 class Vm:
-    def __init__(self, lab, name, proc, qmp, serial):
+    """A guest: a qemu.machine.QEMUMachine run in the lab's namespace."""
+
+    def __init__(self, lab, name, machine, console):
         self.lab = lab
         self.name = name
-        self.proc = proc
-        self.qmp = qmp
-        self.serial = serial
+        self.machine = machine
+        self.console = console
+        self.pid = machine.get_pid()   # nsenter execs QEMU: QEMU's pid
+        self.log = None
+        self.trace_log = None
+
+    def cmd(self, name, /, **args):
+        """A QMP command, arguments as QMP spells them; its return value.
+        A QMP error is a LabError naming the command."""
+        # positional-only: a command may have an argument called "name"
+        try:
+            return self.machine.cmd(name, args_dict=args)
+        except QMPError as e:
+            raise LabError(f'{self.name}: {name}: {e}') from e
+
+    def running(self):
+        return self.machine.is_running()
 
     def wait_serial(self, text, timeout=60):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise LabError(f'{self.name} exited: {self.proc.returncode}')
+            if not self.running():
+                raise LabError(f'{self.name} exited: '
+                               f'{self.machine.exitcode()}')
             try:
-                with open(self.serial, errors='replace') as f:
+                with open(self.console, errors='replace') as f:
                     if text in f.read():
                         return
             except FileNotFoundError:
@@ -110,7 +110,7 @@ class Vm:
 
     def tun_fds(self):
         fds = []
-        d = f'/proc/{self.proc.pid}/fd'
+        d = f'/proc/{self.pid}/fd'
         for fd in os.listdir(d):
             try:
                 if os.readlink(f'{d}/{fd}') == '/dev/net/tun':
@@ -123,12 +123,12 @@ class Vm:
         """Every TAP fd of @other is an fd of ours: the same open file."""
         mine, theirs = self.tun_fds(), other.tun_fds()
         return len(mine) == len(theirs) > 0 and all(
-            any(kcmp_file(self.proc.pid, a, other.proc.pid, b)
+            any(kcmp_file(self.pid, a, other.pid, b)
                 for a in mine) for b in theirs)
 
     def trace(self, pattern, enable=True):
         """Switch trace events matching @pattern on or off, now."""
-        self.qmp.cmd('trace-event-set-state', name=pattern, enable=enable)
+        self.cmd('trace-event-set-state', name=pattern, enable=enable)
 
     def read_trace(self):
         """The trace events logged so far: (wall-clock time, name, args)."""
@@ -143,23 +143,27 @@ class Vm:
                                    m.group(3), m.group(4)))
         return events
 
+    def wait_exit(self, timeout=30):
+        """Wait for a QEMU that quits by itself (a failed incoming
+        migration, say), and clean up after it."""
+        self.machine.wait(timeout=timeout)
+
     def stop(self):
-        if self.proc.poll() is None:
-            try:
-                self.qmp.cmd('quit')
-            except (LabError, OSError):
-                pass
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.qmp.close()
+        """quit, or kill after 10 s; QEMUMachine cleans up either way."""
+        try:
+            self.machine.shutdown(timeout=10)
+        except AbnormalShutdown:
+            pass
 
 
 class Lab:
-    def __init__(self, qemu, guest_dir, mem=128, shared_ram=False):
+    def __init__(self, qemu, guest_dir, mem=128, shared_ram=False,
+                 python_dir=None):
+        """@python_dir: the python/ directory of the QEMU tree @qemu was
+        built from; by default qemu_python(@qemu), for a @qemu that was
+        not moved from its build directory."""
         self.qemu = os.path.abspath(qemu)
+        import_qemu_python(python_dir or qemu_python(self.qemu))
         self.guest_dir = guest_dir
         self.mem = mem
         self.shared_ram = shared_ram
@@ -201,7 +205,7 @@ class Lab:
             try:
                 vm.stop()
             except Exception:
-                vm.proc.kill()
+                vm.machine.kill()
         subprocess.run(['ip', 'netns', 'del', self.ns],
                        stderr=subprocess.DEVNULL)
         if self.shared_ram:
@@ -330,18 +334,12 @@ class Lab:
         vm.trace_log (read it with read_trace())."""
         self._counter += 1
         name = name or f'vm{self._counter}'
-        qmp_path = os.path.join(self.dir, f'{name}.qmp')
-        serial = os.path.join(self.dir, f'{name}.serial')
-        # nsenter execs QEMU itself, so the pid is QEMU's
-        args = ['nsenter', f'--net=/run/netns/{self.ns}', self.qemu,
-                '-name', name, '-M', 'pc', '-accel', 'tcg', '-m',
-                str(self.mem), '-nodefaults', '-display', 'none',
-                '-vga', 'none',
+        console = os.path.join(self.dir, f'{name}.serial')
+        args = ['-name', name, '-accel', 'tcg', '-m', str(self.mem),
+                '-nodefaults',
                 '-kernel', os.path.join(self.guest_dir, 'vmlinuz'),
                 '-initrd', os.path.join(self.guest_dir, 'initrd.gz'),
-                '-append', f'console=ttyS0 quiet tt.addr={GUEST_ADDR}/24',
-                '-serial', f'file:{serial}',
-                '-qmp', f'unix:{qmp_path},server=on,wait=off']
+                '-append', f'console=ttyS0 quiet tt.addr={GUEST_ADDR}/24']
         if self.shared_ram:
             args += ['-object', 'memory-backend-file,id=ram0,share=on,'
                      f'mem-path=/dev/shm/tap-transfer-lab-{self.ns},'
@@ -362,16 +360,25 @@ class Lab:
                 args += ['-trace', f'enable={pattern}']
         if incoming:
             args += ['-incoming', 'defer']
-        log = open(os.path.join(self.dir, f'{name}.log'), 'w')
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        # QEMUMachine adds the QMP monitor (a socketpair), -display none,
+        # the serial console (drained to @console by a thread of its own)
+        # and sends QEMU's output to <log_dir>/<name>.log.  nsenter execs
+        # QEMU in the lab's namespace, so the pid is QEMU's.
+        machine = QEMUMachine(self.qemu, args=args, name=name,
+                              wrapper=['nsenter',
+                                       f'--net=/run/netns/{self.ns}'],
+                              base_temp_dir=self.dir, log_dir=self.dir,
+                              console_log=console)
+        machine.set_machine('pc')
+        machine.set_console()
         try:
-            qmp = Qmp(qmp_path)
-        except LabError:
-            proc.kill()
-            with open(log.name) as f:
-                raise LabError(f'{name} did not start: {f.read()[-500:]}')
-        vm = Vm(self, name, proc, qmp, serial)
-        vm.log = log.name
+            machine.launch()
+        except Exception as e:
+            # the launch failure carries QEMU's output
+            raise LabError(f'{name} did not start: {e}') from e
+        machine.console_socket      # pylint: disable=pointless-statement
+        vm = Vm(self, name, machine, console)
+        vm.log = os.path.join(self.dir, f'{name}.log')
         vm.trace_log = trace_log
         self.vms.append(vm)
         return vm
@@ -391,24 +398,23 @@ class Lab:
         if self.shared_ram:
             caps = [{'capability': 'x-ignore-shared', 'state': True}]
         for vm in (src, dst):
-            vm.qmp.cmd('migrate-set-parameters', **{'backend-transfer':
-                                                     transfer})
+            vm.cmd('migrate-set-parameters', **{'backend-transfer': transfer})
             if caps:
-                vm.qmp.cmd('migrate-set-capabilities', capabilities=caps)
-        dst.qmp.cmd('migrate-incoming', uri=uri)
+                vm.cmd('migrate-set-capabilities', capabilities=caps)
+        dst.cmd('migrate-incoming', uri=uri)
         if before_switch:
             before_switch(dst)
         started_at = time.time()
-        src.qmp.cmd('migrate', uri=uri)
+        src.cmd('migrate', uri=uri)
         while True:
-            info = src.qmp.cmd('query-migrate')
+            info = src.cmd('query-migrate')
             if info['status'] == 'completed':
                 break
             if info['status'] in ('failed', 'cancelled'):
                 raise LabError(f"migration {info['status']}: "
                                f"{info.get('error-desc')}")
             time.sleep(0.01)
-        while dst.qmp.cmd('query-status')['status'] != 'running':
+        while dst.cmd('query-status')['status'] != 'running':
             time.sleep(0.01)
         return dst, {'downtime_ms': info.get('downtime'),
                      'total_ms': info.get('total-time'),

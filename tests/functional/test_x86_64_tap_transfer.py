@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+#
+# tap-transfer: local migration of a Linux guest that hands the very same
+# TAP device (its file descriptors) over to the destination QEMU, under a
+# ping flood.
+#
+# Each test makes a network namespace of its own with a bridge
+# (10.0.0.1/24); QEMU runs in it and its ifup script attaches the TAP it
+# creates to the bridge.  Source and destination start with -S and are
+# let run with 'cont'; the migration goes over a UNIX socket with the
+# backend-transfer parameter on.  The guest (a kernel and a busybox
+# initramfs built by tap-transfer's scripts/guest/build-guest.sh) is
+# found through TAP_TRANSFER_GUEST; without it, or without root, the
+# tests skip and say why.
+#
+# This work is licensed under the terms of the GNU GPL, version 2 or
+# later.  See the COPYING file in the top-level directory.
+
+import ctypes
+import os
+import re
+import subprocess
+import sys
+import time
+
+from qemu.machine import QEMUMachine
+from qemu_test import QemuSystemTest, wait_for_console_pattern
+
+
+HOST_ADDR = '10.0.0.1'
+GUEST_ADDR = '10.0.0.2'
+GUEST_MAC = '52:54:00:12:34:56'
+# more flows for the multiqueue case: their hashes spread over the queues
+EXTRA_SOURCES = ('10.0.0.11', '10.0.0.12', '10.0.0.13')
+PPS = 500
+GUEST_READY = 'tap-transfer guest ready'
+
+_libc = ctypes.CDLL(None, use_errno=True)
+SYS_KCMP = 312          # x86_64
+KCMP_FILE = 0
+
+
+def same_open_file(pid1, fd1, pid2, fd2):
+    """kcmp(2): are these two fds the same open file description?"""
+    return _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
+
+
+def tun_fds(pid):
+    """The fds of process @pid that are open on /dev/net/tun."""
+    fds = []
+    d = f'/proc/{pid}/fd'
+    for fd in os.listdir(d):
+        try:
+            if os.readlink(f'{d}/{fd}') == '/dev/net/tun':
+                fds.append(int(fd))
+        except OSError:
+            pass
+    return sorted(fds)
+
+
+class TapTransfer(QemuSystemTest):
+
+    MEM = 128
+    _namespaces = 0
+
+    # set-up: a namespace, a bridge, and everything undone afterwards
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest('needs root: a network namespace, TAPs, a bridge')
+        if not os.path.exists('/dev/net/tun'):
+            self.skipTest('no /dev/net/tun')
+        self.guest = os.environ.get('TAP_TRANSFER_GUEST')
+        if not self.guest:
+            self.skipTest('TAP_TRANSFER_GUEST is not set: no guest kernel '
+                          'and initrd (scripts/guest/build-guest.sh)')
+        for f in ('vmlinuz', 'initrd.gz'):
+            if not os.path.isfile(os.path.join(self.guest, f)):
+                self.skipTest(f'no {f} in TAP_TRANSFER_GUEST={self.guest}')
+        for tool in ('ip', 'nsenter', 'ping'):
+            if subprocess.run(['which', tool],
+                              capture_output=True).returncode:
+                self.skipTest(f'no {tool} command')
+        self.require_accelerator('tcg')
+        self.require_netdev('tap-transfer')
+        self.set_machine('pc')
+
+        TapTransfer._namespaces += 1
+        self.ns = f'tt-func-{os.getpid()}-{self._namespaces}'
+        self.pings = []
+        self.shm = None
+        self.hops = 0
+        # cleanups run after tearDown has shut the QEMUs down, last
+        # registered first: the pings, then the namespace
+        subprocess.run(['ip', 'netns', 'add', self.ns], check=True)
+        self.addCleanup(subprocess.run, ['ip', 'netns', 'del', self.ns],
+                        stderr=subprocess.DEVNULL)
+        self.addCleanup(self.kill_pings)
+        self.nsrun('ip', 'link', 'set', 'lo', 'up')
+        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1')
+        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=1')
+        self.nsrun('ip', 'link', 'add', 'br0', 'type', 'bridge')
+        self.nsrun('ip', 'addr', 'add', f'{HOST_ADDR}/24', 'dev', 'br0')
+        self.nsrun('ip', 'link', 'set', 'br0', 'up')
+        self.ifup = self.scratch_file('ifup')
+        with open(self.ifup, 'w') as f:
+            f.write('#!/bin/sh\nip link set "$1" master br0 up\n')
+        os.chmod(self.ifup, 0o755)
+        self.mig_uri = f'unix:{self.socket_dir().name}/mig.sock'
+
+    def _new_vm(self, name, *args):
+        # as QemuSystemTest's, but QEMU runs in the test's namespace;
+        # nsenter execs it, so the pid is QEMU's
+        vm = QEMUMachine(self.qemu_bin, name=name,
+                         wrapper=['nsenter', f'--net=/run/netns/{self.ns}'],
+                         base_temp_dir=self.workdir,
+                         log_dir=self.log_file())
+        vm.add_args(*args)
+        return vm
+
+    def nsrun(self, *args):
+        return subprocess.run(['ip', 'netns', 'exec', self.ns, *args],
+                              check=True, capture_output=True,
+                              text=True).stdout
+
+    def kill_pings(self):
+        for p in self.pings:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.out.close()
+
+    def use_shared_ram(self):
+        self.shm = f'/dev/shm/tap-transfer-func-{self.ns}'
+        self.addCleanup(lambda: os.path.exists(self.shm) and
+                        os.unlink(self.shm))
+
+    # the network
+
+    def links(self):
+        return sorted(line.split(':')[1].strip().split('@')[0]
+                      for line in self.nsrun('ip', '-o', 'link',
+                                             'show').splitlines())
+
+    def ifindex(self, ifname='tt0'):
+        return int(self.nsrun('cat', f'/sys/class/net/{ifname}/ifindex'))
+
+    def tap_queues(self, ifname='tt0'):
+        """How many queues are attached to the TAP now."""
+        return len([q for q in self.nsrun('ls',
+                                          f'/sys/class/net/{ifname}/queues')
+                    .split() if q.startswith('tx-')])
+
+    def wait_ping(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = subprocess.run(['ip', 'netns', 'exec', self.ns, 'ping',
+                                '-n', '-c', '1', '-W', '1', GUEST_ADDR],
+                               capture_output=True)
+            if r.returncode == 0:
+                return
+        self.fail(f'the guest ({GUEST_ADDR}) does not answer')
+
+    def start_ping(self, count, pps=PPS, source=None):
+        """A ping flood from the bridge, timestamped (-D) and reporting
+        each reply still outstanding when the next ping goes (-O)."""
+        out = open(self.scratch_file(f'ping{len(self.pings)}'), 'w+')
+        extra = ['-I', source] if source else []
+        p = subprocess.Popen(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
+                              '-O', '-D', '-i', str(1 / pps),
+                              '-c', str(count), '-W', '1', *extra,
+                              GUEST_ADDR],
+                             stdout=out, stderr=subprocess.STDOUT, text=True)
+        p.out = out
+        self.pings.append(p)
+        return p
+
+    def ping_result(self, p, timeout=120):
+        """What ping @p saw when it ends: sent, received, lost, the
+        unanswered sequence numbers, the longest gap between replies."""
+        p.wait(timeout)
+        p.out.seek(0)
+        text = p.out.read()
+        replies = [(float(m.group(1)), int(m.group(2))) for m in re.finditer(
+            r'^\[([\d.]+)\] .*icmp_seq=(\d+) .*time=', text, re.M)]
+        m = re.search(r'(\d+) packets transmitted, (\d+) received', text)
+        self.assertIsNotNone(m, f'no ping summary in: {text[-300:]}')
+        sent, received = int(m.group(1)), int(m.group(2))
+        answered = {seq for _, seq in replies}
+        missing = [seq for seq in range(1, sent + 1) if seq not in answered]
+        gaps = [b[0] - a[0] for a, b in zip(replies, replies[1:])]
+        return {'sent': sent, 'received': received, 'lost': len(missing),
+                'missing': missing,
+                'max_gap_ms': max(gaps) * 1000 if gaps else 0}
+
+    def note(self, text):
+        self.log.info(text)
+        print(f'# {text}', flush=True)
+
+    # guests
+
+    def launch(self, queues=1, incoming=False):
+        """A QEMU with the guest on -netdev tap-transfer, started with -S;
+        the source is let run ('cont') and waited for on its console."""
+        name = f'dst{self.hops}' if incoming else 'src'
+        vm = self.get_vm(name=name)
+        netdev = (f'tap-transfer,id=n0,ifname=tt0,script={self.ifup},'
+                  'downscript=no')
+        device = f'virtio-net-pci,netdev=n0,mac={GUEST_MAC}'
+        if queues > 1:
+            netdev += f',queues={queues}'
+            device += f',mq=on,vectors={2 * queues + 2}'
+            # Linux uses as many queue pairs as it has CPUs
+            vm.add_args('-smp', str(queues))
+        vm.add_args('-accel', 'tcg', '-m', str(self.MEM), '-nodefaults',
+                    '-S',
+                    '-kernel', os.path.join(self.guest, 'vmlinuz'),
+                    '-initrd', os.path.join(self.guest, 'initrd.gz'),
+                    '-append',
+                    f'console=ttyS0 quiet tt.addr={GUEST_ADDR}/24',
+                    '-netdev', netdev, '-device', device)
+        if self.shm:
+            vm.add_args('-object', 'memory-backend-file,id=ram0,share=on,'
+                        f'mem-path={self.shm},size={self.MEM}M',
+                        '-machine', 'memory-backend=ram0')
+        if incoming:
+            vm.add_args('-incoming', 'defer')
+        vm.set_console()
+        vm.launch()
+        if not incoming:
+            vm.cmd('cont')
+            wait_for_console_pattern(self, GUEST_READY, 'Kernel panic',
+                                     vm=vm)
+            self.wait_ping()
+        return vm
+
+    def prepare(self, src, dst, transfer=True):
+        for vm in (src, dst):
+            vm.cmd('migrate-set-parameters',
+                   {'backend-transfer': transfer})
+            if self.shm:
+                vm.cmd('migrate-set-capabilities', capabilities=[
+                    {'capability': 'x-ignore-shared', 'state': True}])
+        dst.cmd('migrate-incoming', uri=self.mig_uri)
+
+    def wait_migration(self, vm, states, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = vm.cmd('query-migrate')
+            if info.get('status') in states:
+                return info
+            self.assertNotIn(info.get('status'), ('failed', 'cancelled'),
+                             f"migration: {info.get('error-desc')}")
+            time.sleep(0.01)
+        self.fail(f'migration not {"/".join(states)} after {timeout} s')
+
+    def migrate(self, src, queues=1):
+        """Hand @src over to a new QEMU (also started with -S) and let
+        it run; returns the destination and the source's statistics."""
+        self.hops += 1
+        dst = self.launch(queues, incoming=True)
+        self.prepare(src, dst)
+        src.cmd('migrate', uri=self.mig_uri)
+        info = self.wait_migration(src, ('completed',))
+        self.wait_migration(dst, ('completed',))
+        # -S: the destination waits, paused, for 'cont'
+        deadline = time.monotonic() + 30
+        while dst.cmd('query-status')['status'] != 'paused':
+            self.assertLess(time.monotonic(), deadline,
+                            'the destination did not pause after loading')
+            time.sleep(0.01)
+        dst.cmd('cont')
+        self.assertEqual(dst.cmd('query-status')['status'], 'running')
+        self.assertEqual(src.cmd('query-status')['status'], 'postmigrate')
+        return dst, info
+
+    def assert_same_tap(self, src, dst, queues):
+        """@dst holds the open files @src held, one per queue (kcmp)."""
+        src_pid, dst_pid = src.get_pid(), dst.get_pid()
+        src_fds, dst_fds = tun_fds(src_pid), tun_fds(dst_pid)
+        self.assertEqual(len(src_fds), queues, 'TAP fds on the source')
+        self.assertEqual(len(dst_fds), queues, 'TAP fds on the destination')
+        for fd in dst_fds:
+            self.assertTrue(any(same_open_file(dst_pid, fd, src_pid, s)
+                                for s in src_fds),
+                            f'destination fd {fd} is no fd of the source')
+        for fd in src_fds:
+            self.assertTrue(any(same_open_file(src_pid, fd, dst_pid, d)
+                                for d in dst_fds),
+                            f'source fd {fd} was not handed over')
+
+    # the tests
+
+    def handover_under_flood(self, queues):
+        src = self.launch(queues)
+        self.assertEqual(self.tap_queues(), queues,
+                         'queues attached to the TAP')
+        ifindex, links = self.ifindex(), self.links()
+        flows = [self.start_ping(int(PPS * 5))]
+        if queues > 1:
+            for source in EXTRA_SOURCES:
+                self.nsrun('ip', 'addr', 'add', f'{source}/24', 'dev', 'br0')
+                flows.append(self.start_ping(250, 50, source))
+        time.sleep(1.5)
+        dst, info = self.migrate(src, queues)
+        self.assert_same_tap(src, dst, queues)
+        src.shutdown()
+        for i, p in enumerate(flows):
+            r = self.ping_result(p)
+            self.note(f"flow {i}: downtime {info.get('downtime')} ms, "
+                      f"{r['sent']} pings, lost {r['lost']} "
+                      f"{r['missing'][:10]}, longest reply gap "
+                      f"{r['max_gap_ms']:.1f} ms")
+            self.assertEqual(r['lost'], 0,
+                             f"flow {i}: pings lost: {r['missing'][:20]}")
+        self.assertEqual(self.ifindex(), ifindex, 'the TAP ifindex changed')
+        self.assertEqual(self.links(), links, 'links came or went')
+        self.assertEqual(self.tap_queues(), queues,
+                         'queues attached to the TAP after the handover')
+
+    def test_multiqueue_shared_ram_zero_loss(self):
+        """4-queue TAP, shared RAM (x-ignore-shared): no ping lost, the
+        same TAP and open files, no new link."""
+        self.use_shared_ram()
+        self.handover_under_flood(4)
+
+    def test_zero_loss(self):
+        """Single queue, RAM copied: no ping lost, the same TAP."""
+        self.handover_under_flood(1)
+
+    def test_ping_pong(self):
+        """Three handovers in a row, each under a flood: each keeps the
+        same TAP and the guest answers on the new side (zero loss is
+        what the other tests assert)."""
+        vm = self.launch()
+        links = self.links()
+        for hop in range(1, 4):
+            p = self.start_ping(1000)
+            time.sleep(0.5)
+            dst, info = self.migrate(vm)
+            self.assert_same_tap(vm, dst, 1)
+            vm.shutdown()
+            vm = dst
+            r = self.ping_result(p)
+            self.note(f"handover {hop}: downtime {info.get('downtime')} ms, "
+                      f"lost {r['lost']} of {r['sent']}")
+            late = [seq for seq in r['missing'] if seq > r['sent'] - 200]
+            self.assertFalse(late, f'handover {hop}: the guest stopped '
+                             'answering')
+            self.assertEqual(self.links(), links, 'links came or went')
+
+    def test_cancel(self):
+        """A handover cancelled half-way: the destination goes, the
+        source keeps its TAP fds and the guest answers through it."""
+        src = self.launch()
+        fds = tun_fds(src.get_pid())
+        self.hops += 1
+        dst = self.launch(incoming=True)
+        self.prepare(src, dst)
+        # slow enough to be caught while active
+        src.cmd('migrate-set-parameters', {'max-bandwidth': 4 << 20})
+        src.cmd('migrate', uri=self.mig_uri)
+        self.wait_migration(src, ('active',))
+        src.cmd('migrate_cancel')
+        self.wait_migration(src, ('cancelled',))
+        dst.wait(30)            # its incoming migration failed: it quits
+        self.assertEqual(src.cmd('query-status')['status'], 'running')
+        r = self.ping_result(self.start_ping(500))
+        self.note(f"after cancel: lost {r['lost']} of {r['sent']}")
+        self.assertEqual(r['lost'], 0,
+                         'the guest does not answer through the source')
+        self.assertEqual(tun_fds(src.get_pid()), fds, 'source fds changed')
+
+
+if __name__ == '__main__':
+    QemuSystemTest.main()
