@@ -142,6 +142,9 @@ static void tap_transfer_free_packets(TapTransferState *s)
 /* Give the NIC what was read from the TAP before the switchover */
 static void tap_transfer_send_packets(TapTransferState *s)
 {
+    if (s->stream_npackets > 0) {
+        trace_tap_transfer_release(s->name, s->stream_npackets);
+    }
     for (int32_t i = 0; s->stream_packets && i < s->stream_npackets; i++) {
         TapTransferPacket *p = &s->stream_packets[i];
 
