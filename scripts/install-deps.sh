@@ -3,7 +3,7 @@
 # The archive's address is taken from the machine's own Debian sources entry.
 set -euo pipefail
 
-stamp=/var/lib/tap-transfer/deps-v2
+stamp=/var/lib/tap-transfer/deps-v3
 [ -f "$stamp" ] && exit 0
 
 if [ "$(id -u)" != 0 ]; then
@@ -13,7 +13,8 @@ fi
 
 src=/etc/apt/sources.list.d/debian.sources
 extra=/etc/apt/sources.list.d/tap-transfer.sources
-if [ ! -f "$extra" ]; then
+# QEMU 10.0's source comes from trixie, 10.2's from unstable
+if ! grep -qs '^Suites: trixie unstable$' "$extra"; then
     uri=$(awk '/^URIs:/ { print $2; exit }' "$src" 2>/dev/null || true)
     if [ -z "$uri" ]; then
         uri=$(awk '$1 == "deb" && $0 ~ /debian/ { print $2; exit }' \
@@ -26,7 +27,7 @@ if [ ! -f "$extra" ]; then
     cat > "$extra" <<EOT
 Types: deb-src
 URIs: $uri
-Suites: trixie
+Suites: trixie unstable
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
