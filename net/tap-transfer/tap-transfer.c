@@ -38,6 +38,7 @@
 #include "net/tap.h"
 #include "net/tap_int.h"
 #include "net/tap-linux.h"
+#include "net/vhost_net.h"
 #include "system/runstate.h"
 #include "trace.h"
 
@@ -93,6 +94,8 @@ typedef struct TapTransferState {
     bool stream_owns_downscript;
     int32_t stream_queues;
     TapTransferQueue *stream_queue;
+    /* UDP tunnel offloads in use (QEMU >= 10.2): subsection "tunnel" */
+    bool stream_has_tunnel;
     /* On the source, kept until the handover is known to hold */
     int32_t stream_npackets;
     TapTransferPacket *stream_packets;
@@ -197,7 +200,7 @@ static void tap_transfer_resume(TapTransferState *s)
          * Packets taken from the NIC's queue never completed: poll again.
          * With vhost, vhost_net_start/stop own the polling of the fd.
          */
-        if (!tap_get_vhost_net(s->ncs[i])) {
+        if (!get_vhost_net(s->ncs[i])) {
             s->ncs[i]->info->poll(s->ncs[i], true);
         }
     }
@@ -256,6 +259,7 @@ static int tap_transfer_pre_save(void *opaque)
     g_free(s->stream_queue);
     s->stream_queues = s->queues;
     s->stream_queue = g_new0(TapTransferQueue, s->queues);
+    s->stream_has_tunnel = false;
     for (uint32_t i = 0; i < s->queues; i++) {
         TapQueueState qs;
 
@@ -268,6 +272,7 @@ static int tap_transfer_pre_save(void *opaque)
             .has_ufo = qs.has_ufo,
             .has_uso = qs.has_uso,
         };
+        s->stream_has_tunnel |= qs.has_tunnel;
         /*
          * The VM is stopped and we hold the BQL until the state is sent:
          * from here on, packets stay in the TAP for the destination.
@@ -409,6 +414,7 @@ static bool tap_transfer_adopt(TapTransferState *s, Error **errp)
             .host_vnet_hdr_len = q->host_vnet_hdr_len,
             .has_ufo = q->has_ufo,
             .has_uso = q->has_uso,
+            .has_tunnel = s->stream_has_tunnel,
         };
         g_autofree char *vhostfd = NULL;
 
@@ -516,6 +522,7 @@ static int tap_transfer_fds_pre_load(void *opaque)
 
     /* Nothing may be left from an earlier, failed load */
     tap_transfer_close_stream_fds(s);
+    s->stream_has_tunnel = false;
     return 0;
 }
 
@@ -525,6 +532,29 @@ static bool tap_transfer_queue_count_valid(void *opaque, int version_id)
 
     return s->stream_queues > 0 && s->stream_queues <= TAP_TRANSFER_MAX_QUEUES;
 }
+
+static bool tap_transfer_tunnel_needed(void *opaque)
+{
+    TapTransferState *s = opaque;
+
+    return s->stream_has_tunnel;
+}
+
+/*
+ * State that only newer QEMU versions have, sent only while in use so
+ * that the section stays loadable by older ones: UDP tunnel offloads.
+ * An older destination that has none refuses to adopt the TAP.
+ */
+static const VMStateDescription vmstate_tap_transfer_tunnel = {
+    .name = "tap-transfer/fds/tunnel",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .needed = tap_transfer_tunnel_needed,
+    .fields = (const VMStateField[]) {
+        VMSTATE_BOOL(stream_has_tunnel, TapTransferState),
+        VMSTATE_END_OF_LIST()
+    },
+};
 
 static const VMStateDescription vmstate_tap_transfer_fds = {
     .name = "tap-transfer/fds",
@@ -542,6 +572,10 @@ static const VMStateDescription vmstate_tap_transfer_fds = {
                                     vmstate_tap_transfer_queue,
                                     TapTransferQueue),
         VMSTATE_END_OF_LIST()
+    },
+    .subsections = (const VMStateDescription * const []) {
+        &vmstate_tap_transfer_tunnel,
+        NULL
     },
 };
 

@@ -34,6 +34,7 @@
 #include "libqos/virtio.h"
 #include "migration/migration-qmp.h"
 #include "migration/migration-util.h"
+#include "tap-transfer-compat.h"
 
 #define TIMEOUT_US (30 * 1000 * 1000)
 #define VNET_HDR_SIZE sizeof(struct virtio_net_hdr_mrg_rxbuf)
@@ -298,7 +299,7 @@ static QTestState *start_qemu_as(const char *binary_var, const char *netdev,
         "-device virtio-net-pci,netdev=n0,addr=04.0,mac=" GUEST_MAC "%s %s",
         netdev, mq, extra ?: "");
 
-    return qtest_init_with_env(binary_var, args, true);
+    return tap_transfer_qtest_init(binary_var, args);
 }
 
 static QTestState *start_qemu(const char *netdev, int pairs,
@@ -1302,6 +1303,43 @@ static void test_refused_tun(void)
     close(fd);
 }
 
+/* cpr-exec sends fd numbers, not fds: refused up front (QEMU >= 10.2) */
+static void test_refused_cpr_exec(void)
+{
+    const char *desc;
+    QDict *rsp;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    rsp = qtest_qmp(vm.qts, "{ 'execute': 'migrate-set-parameters',"
+                    "  'arguments': { 'mode': 'cpr-exec' } }");
+    if (qdict_haskey(rsp, "error")) {
+        g_test_skip("this QEMU has no cpr-exec migration mode");
+        qobject_unref(rsp);
+        vm_release(&vm);
+        qtest_quit(vm.qts);
+        return;
+    }
+    qobject_unref(rsp);
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+
+    rsp = qtest_qmp(vm.qts, "{ 'execute': 'migrate', 'arguments': "
+                    "{ 'uri': 'unix:/nonexistent/sock' } }");
+    g_assert_true(qdict_haskey(rsp, "error"));
+    desc = qdict_get_str(qdict_get_qdict(rsp, "error"), "desc");
+    g_test_message("%s", desc);
+    g_assert_nonnull(strstr(desc, "migration mode cpr-exec"));
+    g_assert_null(strchr(desc, '\n'));
+    qobject_unref(rsp);
+
+    check_traffic(&vm.nic, vm.sock, 0, "kept");
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
 static void setup_namespace(void)
 {
     int fd;
@@ -1364,6 +1402,7 @@ int main(int argc, char **argv)
     qtest_add_func("/tap-transfer/refused/queues", test_refused_queues);
     qtest_add_func("/tap-transfer/refused/ifname", test_refused_ifname);
     qtest_add_func("/tap-transfer/refused/tun", test_refused_tun);
+    qtest_add_func("/tap-transfer/refused/cpr-exec", test_refused_cpr_exec);
 
     ret = g_test_run();
     rmdir(tmpdir);
