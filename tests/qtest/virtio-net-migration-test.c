@@ -50,6 +50,9 @@ static const char *skip_reason;
 static char *tmpdir;
 /* Why the destination of the last migrate_refused() failed, per QMP */
 static char *dest_error;
+/* Cross-version runs: a machine type both QEMUs have, the source's QEMU */
+static const char *machine_type = "pc";
+static const char *src_binary_var;
 
 /* Host side of a TAP device */
 
@@ -297,9 +300,9 @@ static QTestState *start_qemu_as(const char *binary_var, const char *netdev,
     g_autofree char *mq = pairs > 1 ?
         g_strdup_printf(",mq=on,vectors=%d", 2 * pairs + 2) : g_strdup("");
     g_autofree char *args = g_strdup_printf(
-        "-M pc -m 64 -nodefaults -netdev tap-transfer,id=n0,%s "
+        "-M %s -m 64 -nodefaults -netdev tap-transfer,id=n0,%s "
         "-device virtio-net-pci,netdev=n0,addr=04.0,mac=" GUEST_MAC "%s %s",
-        netdev, mq, extra ?: "");
+        machine_type, netdev, mq, extra ?: "");
 
     return tap_transfer_qtest_init(binary_var, args);
 }
@@ -307,7 +310,7 @@ static QTestState *start_qemu_as(const char *binary_var, const char *netdev,
 static QTestState *start_qemu(const char *netdev, int pairs,
                               const char *extra)
 {
-    return start_qemu_as(NULL, netdev, pairs, extra);
+    return start_qemu_as(src_binary_var, netdev, pairs, extra);
 }
 
 static char *migration_uri(void)
@@ -1349,6 +1352,22 @@ static void test_refused_cpr_exec(void)
     qtest_quit(vm.qts);
 }
 
+/*
+ * Between two QEMU versions, as QEMU's own migration tests do it: the
+ * source from $QTEST_QEMU_BINARY_SRC, the destination from
+ * $QTEST_QEMU_BINARY_DST, on a machine type both have.
+ */
+static void test_cross_version_handover(const void *opaque)
+{
+    int pairs = GPOINTER_TO_INT(opaque);
+    g_autofree char *netdev = g_strdup_printf(
+        "ifname=tt0,queues=%d,script=no,downscript=no", pairs);
+
+    if (need_tap()) {
+        do_handover(netdev, pairs, "QTEST_QEMU_BINARY_DST");
+    }
+}
+
 static void setup_namespace(void)
 {
     int fd;
@@ -1412,6 +1431,16 @@ int main(int argc, char **argv)
     qtest_add_func("/tap-transfer/refused/ifname", test_refused_ifname);
     qtest_add_func("/tap-transfer/refused/tun", test_refused_tun);
     qtest_add_func("/tap-transfer/refused/cpr-exec", test_refused_cpr_exec);
+
+    if (g_getenv("QTEST_QEMU_BINARY_SRC") &&
+        g_getenv("QTEST_QEMU_BINARY_DST")) {
+        machine_type = g_getenv("TAP_TRANSFER_MACHINE") ?: "pc-i440fx-10.0";
+        src_binary_var = "QTEST_QEMU_BINARY_SRC";
+        qtest_add_data_func("/tap-transfer/cross-version/handover",
+                            GINT_TO_POINTER(1), test_cross_version_handover);
+        qtest_add_data_func("/tap-transfer/cross-version/handover-multiqueue",
+                            GINT_TO_POINTER(4), test_cross_version_handover);
+    }
 
     ret = g_test_run();
     g_free(dest_error);
