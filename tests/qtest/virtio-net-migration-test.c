@@ -27,6 +27,7 @@
 #include "qobject/qdict.h"
 #include "qobject/qstring.h"
 #include "standard-headers/linux/virtio_net.h"
+#include "standard-headers/linux/virtio_pci.h"
 #include "libqos/libqos-malloc.h"
 #include "libqos/malloc-pc.h"
 #include "libqos/pci-pc.h"
@@ -53,6 +54,8 @@ static char *dest_error;
 /* Cross-version runs: a machine type both QEMUs have, the source's QEMU */
 static const char *machine_type = "pc";
 static const char *src_binary_var;
+/* Feature bits 64..95 that nic_start() negotiates too, if offered */
+static uint32_t nic_want_features_hi;
 
 /* Host side of a TAP device */
 
@@ -153,6 +156,32 @@ static void nic_find(Nic *n)
     qvirtio_pci_device_enable(n->dev);
 }
 
+/* Feature bits 64..95 that the device offers (virtio 1.0 transport) */
+static uint32_t nic_features_hi(Nic *n)
+{
+    uint32_t base = n->dev->common_cfg_offset;
+
+    qpci_io_writel(n->dev->pdev, n->dev->bar, base +
+                   offsetof(struct virtio_pci_common_cfg,
+                            device_feature_select), 2);
+    return qpci_io_readl(n->dev->pdev, n->dev->bar, base +
+                         offsetof(struct virtio_pci_common_cfg,
+                                  device_feature));
+}
+
+/* Before the low ones, which libqos sets and then FEATURES_OK */
+static void nic_set_features_hi(Nic *n, uint32_t features)
+{
+    uint32_t base = n->dev->common_cfg_offset;
+
+    qpci_io_writel(n->dev->pdev, n->dev->bar, base +
+                   offsetof(struct virtio_pci_common_cfg, guest_feature_select),
+                   2);
+    qpci_io_writel(n->dev->pdev, n->dev->bar, base +
+                   offsetof(struct virtio_pci_common_cfg, guest_feature),
+                   features);
+}
+
 /* Reset the NIC in @slot and set up @pairs queue pairs as a driver does */
 static void nic_start(Nic *n, Machine *m, int slot, int pairs)
 {
@@ -170,6 +199,10 @@ static void nic_start(Nic *n, Machine *m, int slot, int pairs)
                   (1ull << VIRTIO_RING_F_EVENT_IDX));
     if (pairs == 1) {
         features &= ~(1ull << VIRTIO_NET_F_MQ);
+    }
+    if (nic_want_features_hi) {
+        nic_set_features_hi(n, nic_features_hi(n) &
+                               nic_want_features_hi);
     }
     qvirtio_set_features(vdev, features);
     n->nqueues = pairs * 2 + !!(features & (1ull << VIRTIO_NET_F_CTRL_VQ));
@@ -1368,6 +1401,85 @@ static void test_cross_version_handover(const void *opaque)
     }
 }
 
+/* VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO (65), ..._HOST_UDP_TUNNEL_GSO (67) */
+#define TUNNEL_FEATURES_HI ((1u << (65 - 64)) | (1u << (67 - 64)))
+
+static bool qemu_at_least(QTestState *qts, int64_t major, int64_t minor)
+{
+    QDict *rsp = qtest_qmp_assert_success_ref(qts,
+                                              "{ 'execute': 'query-version' }");
+    QDict *v = qdict_get_qdict(rsp, "qemu");
+    int64_t ma = qdict_get_int(v, "major");
+    int64_t mi = qdict_get_int(v, "minor");
+
+    qobject_unref(rsp);
+    return ma > major || (ma == major && mi >= minor);
+}
+
+/*
+ * A guest that uses UDP tunnel offloads (QEMU >= 10.2, on a kernel that
+ * has them): that state travels in an optional subsection, which a
+ * destination without tunnel offloads refuses in one line, naming the
+ * netdev.  $TAP_TRANSFER_SRC_ARGS turns them on for a machine type that
+ * has them off.
+ */
+static void test_tunnel_handover(void)
+{
+    const char *netdev = "ifname=tt0,script=no,downscript=no";
+    const char *dst_qemu = g_getenv("QTEST_QEMU_BINARY_DST") ?:
+                           g_getenv("QTEST_QEMU_BINARY");
+    DestOptions dest = {
+        .binary_var = "TAP_TRANSFER_LOGGED_DST",
+        .keep_on_error = true,
+    };
+    g_autofree char *logged = NULL;
+    g_autoptr(GArray) src_fds = NULL;
+    g_autoptr(GArray) dst_fds = NULL;
+    QTestState *to;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    nic_want_features_hi = TUNNEL_FEATURES_HI;
+    vm_start(&vm, netdev, 1, g_getenv("TAP_TRANSFER_SRC_ARGS"));
+    nic_want_features_hi = 0;
+    if ((nic_features_hi(&vm.nic) & TUNNEL_FEATURES_HI) !=
+        TUNNEL_FEATURES_HI) {
+        g_test_skip("the source offers no UDP tunnel offloads (QEMU older "
+                    "than 10.2, or a kernel without them)");
+        vm_release(&vm);
+        qtest_quit(vm.qts);
+        return;
+    }
+    src_fds = tun_fds(qtest_pid(vm.qts));
+    logged = g_strdup_printf("2>%s/qemu.log %s", tmpdir, dst_qemu);
+    g_setenv("TAP_TRANSFER_LOGGED_DST", logged, true);
+    to = start_dest_opts(netdev, 1, true, &dest);
+
+    if (!qemu_at_least(to, 10, 2)) {
+        migrate_refused(vm.qts, to, true, 0);
+        assert_logged("netdev n0: the guest uses UDP tunnel offloads on the "
+                      "TAP device, which this QEMU does not support\n");
+        g_assert_cmpuint(count_tun_fds(qtest_pid(vm.qts)), ==, 1);
+        vm_release(&vm);
+        qtest_quit(vm.qts);
+        return;
+    }
+
+    /* Without the subsection the destination would refuse the features */
+    migrate_to(vm.qts, to, true);
+    qtest_qmp_eventwait(to, "RESUME");
+    dst_fds = tun_fds(qtest_pid(to));
+    assert_same_files(qtest_pid(vm.qts), src_fds, qtest_pid(to), dst_fds);
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    g_assert_cmphex(nic_features_hi(&vm.nic) & TUNNEL_FEATURES_HI, ==,
+                    TUNNEL_FEATURES_HI);
+    vm_release(&vm);
+    qtest_quit(to);
+}
+
 static void setup_namespace(void)
 {
     int fd;
@@ -1431,6 +1543,7 @@ int main(int argc, char **argv)
     qtest_add_func("/tap-transfer/refused/ifname", test_refused_ifname);
     qtest_add_func("/tap-transfer/refused/tun", test_refused_tun);
     qtest_add_func("/tap-transfer/refused/cpr-exec", test_refused_cpr_exec);
+    qtest_add_func("/tap-transfer/migration/tunnel", test_tunnel_handover);
 
     if (g_getenv("QTEST_QEMU_BINARY_SRC") &&
         g_getenv("QTEST_QEMU_BINARY_DST")) {
@@ -1440,6 +1553,8 @@ int main(int argc, char **argv)
                             GINT_TO_POINTER(1), test_cross_version_handover);
         qtest_add_data_func("/tap-transfer/cross-version/handover-multiqueue",
                             GINT_TO_POINTER(4), test_cross_version_handover);
+        qtest_add_func("/tap-transfer/cross-version/tunnel",
+                       test_tunnel_handover);
     }
 
     ret = g_test_run();
