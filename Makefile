@@ -8,7 +8,9 @@
 #   make soak     ... and count lost pings over many handovers (N=200)
 #   make check SANITIZE=1   the tests under ASan/UBSan, in build-sanitize/
 #
-# QEMU_SRC=/path/to/qemu-10.0 uses your tree instead of Debian's source.
+# QEMU 10.0 and 10.2 are built and tested side by side (QEMU_VERSIONS).
+# QEMU_SRC=/path/to/qemu-10.x uses your tree instead of Debian's source
+# of that series; QEMU_VERSION=10.2 runs demo/bench on the 10.2 build.
 
 # SANITIZE=1: a separate AddressSanitizer + UBSan build and test run
 SANITIZE ?= 0
@@ -19,6 +21,8 @@ else
 BUILD ?= build
 endif
 QEMU_SRC ?=
+QEMU_VERSIONS ?= 10.0,10.2
+QEMU_VERSION ?= 10.0
 MESON ?= meson
 
 .PHONY: all deps setup build guest check demo bench soak install clean
@@ -30,10 +34,12 @@ deps:
 
 $(BUILD)/build.ninja:
 	$(MAKE) deps
-	$(MESON) setup $(BUILD) -Dqemu_src=$(QEMU_SRC)
+	$(MESON) setup $(BUILD) -Dqemu_src=$(QEMU_SRC) \
+	    -Dqemu_versions=$(QEMU_VERSIONS)
 
 setup: $(BUILD)/build.ninja
-	$(MESON) configure $(BUILD) -Dqemu_src=$(QEMU_SRC)
+	$(MESON) configure $(BUILD) -Dqemu_src=$(QEMU_SRC) \
+	    -Dqemu_versions=$(QEMU_VERSIONS)
 
 build: deps setup
 	$(MESON) compile -C $(BUILD)
@@ -42,7 +48,11 @@ check: build
 	$(MESON) test -C $(BUILD) --print-errorlogs --no-rebuild || true
 	scripts/test-summary.py $(BUILD)/meson-logs/testlog.json
 
+ifeq ($(QEMU_VERSION),10.0)
 QEMU_BIN = $(BUILD)/qemu-build/qemu-system-x86_64
+else
+QEMU_BIN = $(BUILD)/qemu-$(QEMU_VERSION)-build/qemu-system-x86_64
+endif
 
 guest: deps
 	scripts/guest/build-guest.sh

@@ -11,6 +11,7 @@
 #include "qapi/qapi-types-sockets.h"
 #include "io/channel-file.h"
 #include "io/channel-socket.h"
+#include "migration/client-options.h"
 #include "backend-transfer.h"
 #include "options.h"
 #include "trace.h"
@@ -40,6 +41,12 @@ bool backend_transfer_check_channel(MigrationAddress *addr, Error **errp)
     }
     trace_backend_transfer_check_channel(transport_name(addr));
 
+    if (!migrate_passes_fds()) {
+        error_setg(errp, "backend-transfer cannot pass file descriptors in "
+                   "migration mode %s, which sends only their numbers; use "
+                   "mode normal", MigMode_str(migrate_mode()));
+        return false;
+    }
     if (!transport_supports_fd_passing(addr)) {
         error_setg(errp, "backend-transfer passes file descriptors and needs "
                    "a UNIX socket migration channel (unix: or fd:), not %s",

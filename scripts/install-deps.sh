@@ -13,7 +13,8 @@ fi
 
 src=/etc/apt/sources.list.d/debian.sources
 extra=/etc/apt/sources.list.d/tap-transfer.sources
-if [ ! -f "$extra" ]; then
+# QEMU 10.0's source comes from trixie, 10.2's from unstable
+if ! grep -qs '^Suites: trixie unstable$' "$extra"; then
     uri=$(awk '/^URIs:/ { print $2; exit }' "$src" 2>/dev/null || true)
     if [ -z "$uri" ]; then
         uri=$(awk '$1 == "deb" && $0 ~ /debian/ { print $2; exit }' \
@@ -26,7 +27,7 @@ if [ ! -f "$extra" ]; then
     cat > "$extra" <<EOT
 Types: deb-src
 URIs: $uri
-Suites: trixie
+Suites: trixie unstable
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Make the QEMU tree that gets built: pristine QEMU source, this repo's
-# new files overlaid at their QEMU paths, and the patch series applied.
+# new files overlaid at their QEMU paths, and the patch series for that
+# QEMU version (patches/qemu-X.Y/, chosen by the tree's VERSION) applied.
 #
 #   prepare-tree.sh QEMU_SRC DEST
 #
@@ -20,10 +21,12 @@ if [ ! -f "$src/VERSION" ] || [ ! -f "$src/net/tap.c" ]; then
 fi
 version=$(cat "$src/VERSION")
 case "$version" in
-10.0.*) ;;
+10.0.* | 10.2.*)
+    series=$top/patches/qemu-${version%.*}
+    ;;
 *)
     echo "prepare-tree: QEMU $version in $src is not supported;" \
-         "tap-transfer needs QEMU 10.0.x" >&2
+         "tap-transfer supports QEMU 10.0.x and 10.2.x" >&2
     exit 1
     ;;
 esac
@@ -34,7 +37,7 @@ trap 'rm -rf "$scratch"' EXIT
 
 rsync -a --exclude=/.pc --exclude=/.git --exclude=/build "$src/" "$scratch/"
 
-for p in "$top"/patches/*.patch; do
+for p in "$series"/*.patch; do
     if ! out=$(patch -d "$scratch" -p1 -F0 -N --no-backup-if-mismatch \
                -s -i "$p" 2>&1); then
         echo "prepare-tree: patch $(basename "$p") does not apply to" \

@@ -3,21 +3,28 @@
 # QEMU's qemu_test framework) against the QEMU built here, with the
 # environment QEMU's own tests/functional/meson.build gives them.
 #
-#   run-functional.sh BUILD TEST_FILE
+#   run-functional.sh QEMU_TREE QEMU_BUILD TEST_FILE
 #
-# BUILD is this project's build directory (qemu-src/ and qemu-build/ in
-# it); TEST_FILE a file name in qemu-src/tests/functional/.  The test
-# prints TAP.  TAP_TRANSFER_GUEST, the real guest's directory, is set
+# QEMU_TREE is a prepared tree (build/qemu-src, build/qemu-10.2-src),
+# QEMU_BUILD its build; TEST_FILE a file name in the tree's
+# tests/functional/.  The test prints TAP.  TAP_TRANSFER_GUEST, the real guest's directory, is set
 # from scripts/guest/build-guest.sh (which builds it if needed) unless
 # it is set already; when that is not possible (not root, build failed)
 # it stays unset and the tests that need the guest skip, saying so.
 set -uo pipefail
 
-build=$(cd "${1:?usage: run-functional.sh BUILD TEST_FILE}" && pwd)
-test=${2:?usage: run-functional.sh BUILD TEST_FILE}
+usage="usage: run-functional.sh QEMU_TREE QEMU_BUILD TEST_FILE"
+qemu_build=${2:?$usage}
+test=${3:?$usage}
 top=$(cd "$(dirname "$0")/.." && pwd)
-src=$build/qemu-src
-qemu_build=$build/qemu-build
+
+# A series whose source the archive no longer serves: skip, saying why
+if [ -f "$qemu_build.unavailable" ]; then
+    echo "1..0 # SKIP $(cat "$qemu_build.unavailable")"
+    exit 0
+fi
+src=$(cd "${1:?$usage}" && pwd)
+qemu_build=$(cd "$qemu_build" && pwd)
 
 export QEMU_TEST_QEMU_BINARY=$qemu_build/qemu-system-x86_64
 export QEMU_TEST_QEMU_IMG=$qemu_build/qemu-img

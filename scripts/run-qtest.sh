@@ -9,9 +9,19 @@
 # leaks at exit are not this project's to judge.)
 set -uo pipefail
 
-build=$(cd "${1:?usage: run-qtest.sh QEMU_BUILD TEST [args...]}" && pwd)
+build=${1:?usage: run-qtest.sh QEMU_BUILD TEST [args...]}
 test=${2:?usage: run-qtest.sh QEMU_BUILD TEST [args...]}
 shift 2
+
+# A QEMU series whose source the archive no longer serves: skip, saying so
+for b in "$build" ${QTEST_QEMU_BINARY_SRC:+"$(dirname "$QTEST_QEMU_BINARY_SRC")"} \
+         ${QTEST_QEMU_BINARY_DST:+"$(dirname "$QTEST_QEMU_BINARY_DST")"}; do
+    if [ -f "$b.unavailable" ]; then
+        echo "1..0 # SKIP $(cat "$b.unavailable")"
+        exit 77
+    fi
+done
+build=$(cd "$build" && pwd)
 
 export QTEST_QEMU_BINARY=$build/qemu-system-x86_64
 export QTEST_QEMU_IMG=$build/qemu-img

@@ -36,7 +36,10 @@ for entry in entries:
             passed += 1
     if entry['result'] == 'SKIP' and cases == 0:
         skipped += 1
-        print(f"SKIP {entry['name']}: no test case applies to this build")
+        why = re.search(r'^1\.\.0 # SKIP (.*)$', entry.get('stdout') or '',
+                        re.M)
+        print(f"SKIP {entry['name']}: "
+              f"{why.group(1) if why else 'no test case applies to this build'}")
         continue
     # A test binary that crashed or never printed a case still counts
     if entry['result'] not in ('OK', 'SKIP', 'EXPECTEDFAIL') and \

@@ -94,6 +94,8 @@ typedef struct TapTransferState {
     bool stream_owns_downscript;
     int32_t stream_queues;
     TapTransferQueue *stream_queue;
+    /* UDP tunnel offloads in use (QEMU >= 10.2): subsection "tunnel" */
+    bool stream_has_tunnel;
     /*
      * Frames read from the TAP that had not reached the guest when the
      * VM stopped, oldest first.  Held while it is stopped; they go to
@@ -333,6 +335,7 @@ static int tap_transfer_pre_save(void *opaque)
     g_free(s->stream_queue);
     s->stream_queues = s->queues;
     s->stream_queue = g_new0(TapTransferQueue, s->queues);
+    s->stream_has_tunnel = false;
     for (uint32_t i = 0; i < s->queues; i++) {
         TapQueueState qs;
 
@@ -345,6 +348,7 @@ static int tap_transfer_pre_save(void *opaque)
             .has_ufo = qs.has_ufo,
             .has_uso = qs.has_uso,
         };
+        s->stream_has_tunnel |= qs.has_tunnel;
         /*
          * The VM is stopped and we hold the BQL until the state is sent:
          * from here on, packets stay in the TAP for the destination.
@@ -477,6 +481,7 @@ static bool tap_transfer_adopt(TapTransferState *s, Error **errp)
             .host_vnet_hdr_len = q->host_vnet_hdr_len,
             .has_ufo = q->has_ufo,
             .has_uso = q->has_uso,
+            .has_tunnel = s->stream_has_tunnel,
         };
         g_autofree char *vhostfd = NULL;
 
@@ -584,6 +589,7 @@ static int tap_transfer_fds_pre_load(void *opaque)
 
     /* Nothing may be left from an earlier, failed load */
     tap_transfer_close_stream_fds(s);
+    s->stream_has_tunnel = false;
     return 0;
 }
 
@@ -593,6 +599,29 @@ static bool tap_transfer_queue_count_valid(void *opaque, int version_id)
 
     return s->stream_queues > 0 && s->stream_queues <= TAP_TRANSFER_MAX_QUEUES;
 }
+
+static bool tap_transfer_tunnel_needed(void *opaque)
+{
+    TapTransferState *s = opaque;
+
+    return s->stream_has_tunnel;
+}
+
+/*
+ * State that only newer QEMU versions have, sent only while in use so
+ * that the section stays loadable by older ones: UDP tunnel offloads.
+ * An older destination that has none refuses to adopt the TAP.
+ */
+static const VMStateDescription vmstate_tap_transfer_tunnel = {
+    .name = "tap-transfer/fds/tunnel",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .needed = tap_transfer_tunnel_needed,
+    .fields = (const VMStateField[]) {
+        VMSTATE_BOOL(stream_has_tunnel, TapTransferState),
+        VMSTATE_END_OF_LIST()
+    },
+};
 
 static const VMStateDescription vmstate_tap_transfer_fds = {
     .name = "tap-transfer/fds",
@@ -610,6 +639,10 @@ static const VMStateDescription vmstate_tap_transfer_fds = {
                                     vmstate_tap_transfer_queue,
                                     TapTransferQueue),
         VMSTATE_END_OF_LIST()
+    },
+    .subsections = (const VMStateDescription * const []) {
+        &vmstate_tap_transfer_tunnel,
+        NULL
     },
 };
 

@@ -27,6 +27,7 @@
 #include "qobject/qdict.h"
 #include "qobject/qstring.h"
 #include "standard-headers/linux/virtio_net.h"
+#include "standard-headers/linux/virtio_pci.h"
 #include "libqos/libqos-malloc.h"
 #include "libqos/malloc-pc.h"
 #include "libqos/pci-pc.h"
@@ -34,6 +35,7 @@
 #include "libqos/virtio.h"
 #include "migration/migration-qmp.h"
 #include "migration/migration-util.h"
+#include "tap-transfer-compat.h"
 
 #define TIMEOUT_US (30 * 1000 * 1000)
 #define VNET_HDR_SIZE sizeof(struct virtio_net_hdr_mrg_rxbuf)
@@ -47,6 +49,13 @@ static const uint8_t host_mac[ETH_ALEN] = { 0x02, 0, 0, 0, 0, 0x01 };
 
 static const char *skip_reason;
 static char *tmpdir;
+/* Why the destination of the last migrate_refused() failed, per QMP */
+static char *dest_error;
+/* Cross-version runs: a machine type both QEMUs have, the source's QEMU */
+static const char *machine_type = "pc";
+static const char *src_binary_var;
+/* Feature bits 64..95 that nic_start() negotiates too, if offered */
+static uint32_t nic_want_features_hi;
 
 /* Host side of a TAP device */
 
@@ -147,6 +156,32 @@ static void nic_find(Nic *n)
     qvirtio_pci_device_enable(n->dev);
 }
 
+/* Feature bits 64..95 that the device offers (virtio 1.0 transport) */
+static uint32_t nic_features_hi(Nic *n)
+{
+    uint32_t base = n->dev->common_cfg_offset;
+
+    qpci_io_writel(n->dev->pdev, n->dev->bar, base +
+                   offsetof(struct virtio_pci_common_cfg,
+                            device_feature_select), 2);
+    return qpci_io_readl(n->dev->pdev, n->dev->bar, base +
+                         offsetof(struct virtio_pci_common_cfg,
+                                  device_feature));
+}
+
+/* Before the low ones, which libqos sets and then FEATURES_OK */
+static void nic_set_features_hi(Nic *n, uint32_t features)
+{
+    uint32_t base = n->dev->common_cfg_offset;
+
+    qpci_io_writel(n->dev->pdev, n->dev->bar, base +
+                   offsetof(struct virtio_pci_common_cfg, guest_feature_select),
+                   2);
+    qpci_io_writel(n->dev->pdev, n->dev->bar, base +
+                   offsetof(struct virtio_pci_common_cfg, guest_feature),
+                   features);
+}
+
 /* Reset the NIC in @slot and set up @pairs queue pairs as a driver does */
 static void nic_start(Nic *n, Machine *m, int slot, int pairs)
 {
@@ -164,6 +199,10 @@ static void nic_start(Nic *n, Machine *m, int slot, int pairs)
                   (1ull << VIRTIO_RING_F_EVENT_IDX));
     if (pairs == 1) {
         features &= ~(1ull << VIRTIO_NET_F_MQ);
+    }
+    if (nic_want_features_hi) {
+        nic_set_features_hi(n, nic_features_hi(n) &
+                               nic_want_features_hi);
     }
     qvirtio_set_features(vdev, features);
     n->nqueues = pairs * 2 + !!(features & (1ull << VIRTIO_NET_F_CTRL_VQ));
@@ -294,17 +333,17 @@ static QTestState *start_qemu_as(const char *binary_var, const char *netdev,
     g_autofree char *mq = pairs > 1 ?
         g_strdup_printf(",mq=on,vectors=%d", 2 * pairs + 2) : g_strdup("");
     g_autofree char *args = g_strdup_printf(
-        "-M pc -m 64 -nodefaults -netdev tap-transfer,id=n0,%s "
+        "-M %s -m 64 -nodefaults -netdev tap-transfer,id=n0,%s "
         "-device virtio-net-pci,netdev=n0,addr=04.0,mac=" GUEST_MAC "%s %s",
-        netdev, mq, extra ?: "");
+        machine_type, netdev, mq, extra ?: "");
 
-    return qtest_init_with_env(binary_var, args, true);
+    return tap_transfer_qtest_init(binary_var, args);
 }
 
 static QTestState *start_qemu(const char *netdev, int pairs,
                               const char *extra)
 {
-    return start_qemu_as(NULL, netdev, pairs, extra);
+    return start_qemu_as(src_binary_var, netdev, pairs, extra);
 }
 
 static char *migration_uri(void)
@@ -485,7 +524,9 @@ static void migrate_refused(QTestState *from, QTestState *to, bool transfer,
         status = migrate_query_status(to);
     } while (strcmp(status, "failed"));
     rsp = qtest_qmp_assert_success_ref(to, "{ 'execute': 'query-migrate' }");
-    g_test_message("destination: %s", qdict_get_try_str(rsp, "error-desc"));
+    g_free(dest_error);
+    dest_error = g_strdup(qdict_get_try_str(rsp, "error-desc"));
+    g_test_message("destination: %s", dest_error);
     qobject_unref(rsp);
     g_assert_cmpuint(count_tun_fds(qtest_pid(to)), ==, own_fds);
     qtest_quit(to);
@@ -798,6 +839,11 @@ static void test_unprivileged_transfer_off(void)
     migrate_refused(vm.qts, to, false, 0);
     g_assert_cmpuint(if_nametoindex("tt1"), ==, 0);
     g_assert_true(g_file_get_contents(log, &err, NULL, NULL));
+    /* On stderr, or (QEMU >= 10.2) in the migration's error */
+    if (!*err) {
+        g_free(err);
+        err = g_strdup_printf("%s\n", dest_error);
+    }
     g_assert_nonnull(strstr(err, "netdev n0: this QEMU lacks CAP_NET_ADMIN, "
                             "which opening a TAP device needs: could not "
                             "configure /dev/net/tun (tt1): Operation not "
@@ -1505,7 +1551,7 @@ static void do_cpr_transfer(int pairs, bool defer)
         "-device virtio-net-pci,netdev=n0,addr=04.0,mac=" GUEST_MAC "%s "
         "%s %s", netdev, mq, defer ? "" :
         "-global migration.backend-transfer=on", dst_extra);
-    to = qtest_init_with_env_and_capabilities(NULL, dst_args, NULL, false);
+    to = tap_transfer_qtest_init_deferred(dst_args);
     for (int i = 0; !g_file_test(cpr_path, G_FILE_TEST_EXISTS); i++) {
         g_assert_cmpint(i, <, 3000);
         g_usleep(10 * 1000);
@@ -2006,6 +2052,138 @@ static void test_refused_tun(void)
     close(fd);
 }
 
+/* cpr-exec sends fd numbers, not fds: refused up front (QEMU >= 10.2) */
+static void test_refused_cpr_exec(void)
+{
+    const char *desc;
+    QDict *rsp;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    rsp = qtest_qmp(vm.qts, "{ 'execute': 'migrate-set-parameters',"
+                    "  'arguments': { 'mode': 'cpr-exec' } }");
+    if (qdict_haskey(rsp, "error")) {
+        g_test_skip("this QEMU has no cpr-exec migration mode");
+        qobject_unref(rsp);
+        vm_release(&vm);
+        qtest_quit(vm.qts);
+        return;
+    }
+    qobject_unref(rsp);
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+
+    rsp = qtest_qmp(vm.qts, "{ 'execute': 'migrate', 'arguments': "
+                    "{ 'uri': 'unix:/nonexistent/sock' } }");
+    g_assert_true(qdict_haskey(rsp, "error"));
+    desc = qdict_get_str(qdict_get_qdict(rsp, "error"), "desc");
+    g_test_message("%s", desc);
+    g_assert_nonnull(strstr(desc, "migration mode cpr-exec"));
+    g_assert_null(strchr(desc, '\n'));
+    qobject_unref(rsp);
+
+    check_traffic(&vm.nic, vm.sock, 0, "kept");
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+/*
+ * Between two QEMU versions, as QEMU's own migration tests do it: the
+ * source from $QTEST_QEMU_BINARY_SRC, the destination from
+ * $QTEST_QEMU_BINARY_DST, on a machine type both have.
+ */
+static void test_cross_version_handover(const void *opaque)
+{
+    int pairs = GPOINTER_TO_INT(opaque);
+    g_autofree char *netdev = g_strdup_printf(
+        "ifname=tt0,queues=%d,script=no,downscript=no", pairs);
+
+    if (need_tap()) {
+        do_handover(netdev, pairs, "QTEST_QEMU_BINARY_DST");
+    }
+}
+
+/* VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO (65), ..._HOST_UDP_TUNNEL_GSO (67) */
+#define TUNNEL_FEATURES_HI ((1u << (65 - 64)) | (1u << (67 - 64)))
+
+static bool qemu_at_least(QTestState *qts, int64_t major, int64_t minor)
+{
+    QDict *rsp = qtest_qmp_assert_success_ref(qts,
+                                              "{ 'execute': 'query-version' }");
+    QDict *v = qdict_get_qdict(rsp, "qemu");
+    int64_t ma = qdict_get_int(v, "major");
+    int64_t mi = qdict_get_int(v, "minor");
+
+    qobject_unref(rsp);
+    return ma > major || (ma == major && mi >= minor);
+}
+
+/*
+ * A guest that uses UDP tunnel offloads (QEMU >= 10.2, on a kernel that
+ * has them): that state travels in an optional subsection, which a
+ * destination without tunnel offloads refuses in one line, naming the
+ * netdev.  $TAP_TRANSFER_SRC_ARGS turns them on for a machine type that
+ * has them off.
+ */
+static void test_tunnel_handover(void)
+{
+    const char *netdev = "ifname=tt0,script=no,downscript=no";
+    const char *dst_qemu = g_getenv("QTEST_QEMU_BINARY_DST") ?:
+                           g_getenv("QTEST_QEMU_BINARY");
+    DestOptions dest = {
+        .binary_var = "TAP_TRANSFER_LOGGED_DST",
+        .keep_on_error = true,
+    };
+    g_autofree char *logged = NULL;
+    g_autoptr(GArray) src_fds = NULL;
+    g_autoptr(GArray) dst_fds = NULL;
+    QTestState *to;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    nic_want_features_hi = TUNNEL_FEATURES_HI;
+    vm_start(&vm, netdev, 1, g_getenv("TAP_TRANSFER_SRC_ARGS"));
+    nic_want_features_hi = 0;
+    if ((nic_features_hi(&vm.nic) & TUNNEL_FEATURES_HI) !=
+        TUNNEL_FEATURES_HI) {
+        g_test_skip("the source offers no UDP tunnel offloads (QEMU older "
+                    "than 10.2, or a kernel without them)");
+        vm_release(&vm);
+        qtest_quit(vm.qts);
+        return;
+    }
+    src_fds = tun_fds(qtest_pid(vm.qts));
+    logged = g_strdup_printf("2>%s/qemu.log %s", tmpdir, dst_qemu);
+    g_setenv("TAP_TRANSFER_LOGGED_DST", logged, true);
+    to = start_dest_opts(netdev, 1, true, &dest);
+
+    if (!qemu_at_least(to, 10, 2)) {
+        migrate_refused(vm.qts, to, true, 0);
+        assert_logged("netdev n0: the guest uses UDP tunnel offloads on the "
+                      "TAP device, which this QEMU does not support\n");
+        g_assert_cmpuint(count_tun_fds(qtest_pid(vm.qts)), ==, 1);
+        vm_release(&vm);
+        qtest_quit(vm.qts);
+        return;
+    }
+
+    /* Without the subsection the destination would refuse the features */
+    migrate_to(vm.qts, to, true);
+    qtest_qmp_eventwait(to, "RESUME");
+    dst_fds = tun_fds(qtest_pid(to));
+    assert_same_files(qtest_pid(vm.qts), src_fds, qtest_pid(to), dst_fds);
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    g_assert_cmphex(nic_features_hi(&vm.nic) & TUNNEL_FEATURES_HI, ==,
+                    TUNNEL_FEATURES_HI);
+    vm_release(&vm);
+    qtest_quit(to);
+}
+
 static void setup_namespace(void)
 {
     int fd;
@@ -2091,8 +2269,23 @@ int main(int argc, char **argv)
     qtest_add_func("/tap-transfer/refused/queues", test_refused_queues);
     qtest_add_func("/tap-transfer/refused/ifname", test_refused_ifname);
     qtest_add_func("/tap-transfer/refused/tun", test_refused_tun);
+    qtest_add_func("/tap-transfer/refused/cpr-exec", test_refused_cpr_exec);
+    qtest_add_func("/tap-transfer/migration/tunnel", test_tunnel_handover);
+
+    if (g_getenv("QTEST_QEMU_BINARY_SRC") &&
+        g_getenv("QTEST_QEMU_BINARY_DST")) {
+        machine_type = g_getenv("TAP_TRANSFER_MACHINE") ?: "pc-i440fx-10.0";
+        src_binary_var = "QTEST_QEMU_BINARY_SRC";
+        qtest_add_data_func("/tap-transfer/cross-version/handover",
+                            GINT_TO_POINTER(1), test_cross_version_handover);
+        qtest_add_data_func("/tap-transfer/cross-version/handover-multiqueue",
+                            GINT_TO_POINTER(4), test_cross_version_handover);
+        qtest_add_func("/tap-transfer/cross-version/tunnel",
+                       test_tunnel_handover);
+    }
 
     ret = g_test_run();
+    g_free(dest_error);
     rmdir(tmpdir);
     g_free(tmpdir);
     return ret;
