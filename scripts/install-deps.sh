@@ -3,7 +3,7 @@
 # The archive's address is taken from the machine's own Debian sources entry.
 set -euo pipefail
 
-stamp=/var/lib/tap-transfer/deps-v3
+stamp=/var/lib/tap-transfer/deps-v4
 [ -f "$stamp" ] && exit 0
 
 if [ "$(id -u)" != 0 ]; then
