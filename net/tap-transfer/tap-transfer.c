@@ -84,6 +84,12 @@ typedef struct TapTransferState {
 
     /* Source: reading stopped and downscript given up at handover */
     bool handed_over;
+    /*
+     * Destination: the TAP is adopted but not read until the VM runs
+     * here, so that a load that fails after this section (a later
+     * device's) takes no frame from the source, which then runs on
+     */
+    bool adopted_idle;
     bool owned_downscript;
 
     /* The migration stream */
@@ -291,33 +297,38 @@ static void tap_transfer_flush_tx(TapTransferState *s)
     }
 }
 
-/* Runs before every vm change state handler, net.c's included */
-static void tap_transfer_vm_prepare(void *opaque, bool running,
-                                    RunState state)
-{
-    TapTransferState *s = opaque;
-
-    if (!running && s->attached) {
-        tap_transfer_hold_queued(s);
-        tap_transfer_flush_tx(s);
-    }
-}
+/*
+ * When the VM stops, handlers run in descending priority: above net.c's
+ * (0), so that the frames are held before net.c flushes them into a NIC
+ * that is stopped already.
+ */
+#define TAP_TRANSFER_VM_CHANGE_PRIO 1
 
 static void tap_transfer_vm_change(void *opaque, bool running,
                                    RunState state)
 {
     TapTransferState *s = opaque;
 
+    if (!s->attached) {
+        return;
+    }
     if (!running) {
+        tap_transfer_hold_queued(s);
+        tap_transfer_flush_tx(s);
         return;
     }
     /* The source runs again: the handover failed or was abandoned */
     if (s->handed_over) {
         tap_transfer_resume(s);
     }
-    if (s->attached) {
-        tap_transfer_release_held(s);
+    /* The destination runs: the handover held */
+    if (s->adopted_idle) {
+        for (uint32_t i = 0; i < s->queues; i++) {
+            tap_set_suspended(s->ncs[i], false);
+        }
+        s->adopted_idle = false;
     }
+    tap_transfer_release_held(s);
 }
 
 static int tap_transfer_pre_save(void *opaque)
@@ -502,7 +513,9 @@ static bool tap_transfer_adopt(TapTransferState *s, Error **errp)
         }
         /* The client owns it now */
         q->fd = -1;
+        tap_set_suspended(s->ncs[i], true);
     }
+    s->adopted_idle = true;
     pstrcpy(s->ifname, sizeof(s->ifname), (char *)s->stream_ifname);
     if (s->stream_owns_downscript) {
         tap_set_downscript(s->ncs[0],
@@ -1066,8 +1079,8 @@ static int net_init_tap_transfer(const Netdev *netdev, const char *name,
     vmstate_register(NULL, VMSTATE_INSTANCE_ID_ANY, &vmstate_tap_transfer, s);
     register_savevm_live("tap-transfer-setup", VMSTATE_INSTANCE_ID_ANY, 1,
                          &savevm_tap_transfer_handlers, s);
-    s->vm_change = qemu_add_vm_change_state_handler_prio_full(
-        tap_transfer_vm_change, tap_transfer_vm_prepare, s, 0);
+    s->vm_change = qemu_add_vm_change_state_handler_prio(
+        tap_transfer_vm_change, s, TAP_TRANSFER_VM_CHANGE_PRIO);
     s->cleanup.notify = tap_transfer_cleanup;
     tap_add_cleanup_notifier(s->ncs[0], &s->cleanup);
     trace_tap_transfer_init(name, s->queues,

@@ -1979,6 +1979,65 @@ static void do_refused(const char *src_netdev, bool src_transfer,
     qtest_quit(vm.qts);
 }
 
+/*
+ * The destination adopts the TAP, then fails on a later section: a device
+ * the source has and it has not.  It must not have read the TAP, so the
+ * frames sent meanwhile reach the guest on the source, which runs on.
+ */
+static void test_refused_after_adoption(void)
+{
+    const char *netdev = "ifname=tt0,script=no,downscript=no";
+    DestOptions dest = { .keep_on_error = true };
+    g_autofree char *status = NULL;
+    enum { FRAMES = 4 };
+    uint64_t bufs[FRAMES];
+    uint32_t heads[FRAMES];
+    QTestState *to;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, netdev, 1, "-device virtio-rng-pci,addr=05.0");
+    to = start_dest_opts(netdev, 1, true, &dest);
+    migrate_start(vm.qts, to, true);
+    do {
+        g_free(status);
+        g_usleep(10 * 1000);
+        status = migrate_query_status(to);
+    } while (strcmp(status, "failed"));
+    /* It holds the source's TAP... */
+    g_assert_cmpuint(count_tun_fds(qtest_pid(to)), ==, 1);
+    for (int i = 0; i < FRAMES; i++) {
+        g_autofree char *payload = g_strdup_printf("after-adoption-%d", i);
+
+        host_send(vm.sock, payload);
+    }
+    /* ...and had it read the TAP, it would have done so by now */
+    g_usleep(200 * 1000);
+    qtest_quit(to);
+
+    do {
+        g_free(status);
+        g_usleep(10 * 1000);
+        status = migrate_query_status(vm.qts);
+    } while (strcmp(status, "failed") && strcmp(status, "completed"));
+    if (!strcmp(status, "completed")) {
+        qtest_qmp_assert_success(vm.qts, "{ 'execute': 'cont' }");
+    }
+    wait_running(vm.qts);
+    for (int i = 0; i < FRAMES; i++) {
+        bufs[i] = nic_post_rx(&vm.nic, 0, &heads[i]);
+    }
+    for (int i = 0; i < FRAMES; i++) {
+        g_autofree char *payload = g_strdup_printf("after-adoption-%d", i);
+
+        nic_expect_rx(&vm.nic, 0, bufs[i], heads[i], payload);
+    }
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
 static void test_refused_on_off(void)
 {
     if (need_tap()) {
@@ -2264,6 +2323,8 @@ int main(int argc, char **argv)
     qtest_add_func("/tap-transfer/refused/channels", test_refuse_channels);
     qtest_add_func("/tap-transfer/refused/fd-channels",
                    test_refuse_fd_channels);
+    qtest_add_func("/tap-transfer/refused/after-adoption",
+                   test_refused_after_adoption);
     qtest_add_func("/tap-transfer/refused/on-off", test_refused_on_off);
     qtest_add_func("/tap-transfer/refused/off-on", test_refused_off_on);
     qtest_add_func("/tap-transfer/refused/queues", test_refused_queues);
