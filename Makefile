@@ -2,7 +2,8 @@
 #
 #   make          install build dependencies, fetch QEMU, build
 #   make check    ... and run the tests
-#   make demo     ... and migrate a real guest under a ping flood, with a report
+#   make demo     ... and upgrade a real guest's QEMU 10.0 -> 10.2 (and back)
+#                 under a ping flood, with a report
 #   make bench    ... and compare with today's practice (RUNS=5)
 #   make install  ... and install each QEMU under PREFIX (/opt/tap-transfer)
 #   make soak     ... and count lost pings over many handovers (N=200)
@@ -57,8 +58,14 @@ endif
 guest: deps
 	scripts/guest/build-guest.sh
 
+# The guest boots on QEMU 10.0 and is upgraded to 10.2 under the flood,
+# then rolled back, when 10.2 is built (UPGRADE=0: one 10.0 -> 10.0 hop)
+UPGRADE ?= 1
+UPGRADE_BIN = $(BUILD)/qemu-10.2-build/qemu-system-x86_64
 demo: build guest
-	scripts/demo.py --qemu $(QEMU_BIN) --guest "$$(scripts/guest/build-guest.sh)"
+	scripts/demo.py --qemu $(QEMU_BIN) --guest "$$(scripts/guest/build-guest.sh)" \
+	    $$(if [ "$(UPGRADE)$(QEMU_VERSION)" = 110.0 ] && [ -x $(UPGRADE_BIN) ]; then \
+	         echo --upgrade-to $(UPGRADE_BIN) --rollback; fi)
 
 # RUNS=N runs of each mode (default 5); results in $(BUILD)/bench/
 RUNS ?= 5

@@ -158,11 +158,14 @@ class Vm:
 
 class Lab:
     def __init__(self, qemu, guest_dir, mem=128, shared_ram=False,
-                 python_dir=None):
+                 python_dir=None, machine='pc'):
         """@python_dir: the python/ directory of the QEMU tree @qemu was
         built from; by default qemu_python(@qemu), for a @qemu that was
-        not moved from its build directory."""
+        not moved from its build directory.  @machine: the machine type
+        of every VM; a versioned one both QEMUs have, for handovers
+        between versions."""
         self.qemu = os.path.abspath(qemu)
+        self.machine_type = machine
         import_qemu_python(python_dir or qemu_python(self.qemu))
         self.guest_dir = guest_dir
         self.mem = mem
@@ -327,8 +330,9 @@ class Lab:
     # guests
 
     def start_vm(self, netdev, name=None, incoming=False, nics=1,
-                 device_opts='', extra_args=(), trace=()):
+                 device_opts='', extra_args=(), trace=(), qemu=None):
         """@netdev: the -netdev value, with %d for the NIC index.
+        @qemu: another QEMU binary than the lab's, e.g. a newer version.
         @extra_args: more QEMU options.  @trace: trace event patterns
         enabled from the start, logged with wall-clock timestamps to
         vm.trace_log (read it with read_trace())."""
@@ -364,12 +368,13 @@ class Lab:
         # the serial console (drained to @console by a thread of its own)
         # and sends QEMU's output to <log_dir>/<name>.log.  nsenter execs
         # QEMU in the lab's namespace, so the pid is QEMU's.
-        machine = QEMUMachine(self.qemu, args=args, name=name,
+        machine = QEMUMachine(os.path.abspath(qemu or self.qemu),
+                              args=args, name=name,
                               wrapper=['nsenter',
                                        f'--net=/run/netns/{self.ns}'],
                               base_temp_dir=self.dir, log_dir=self.dir,
                               console_log=console)
-        machine.set_machine('pc')
+        machine.set_machine(self.machine_type)
         machine.set_console()
         try:
             machine.launch()
@@ -419,6 +424,15 @@ class Lab:
         return dst, {'downtime_ms': info.get('downtime'),
                      'total_ms': info.get('total-time'),
                      'started_at': started_at}
+
+    @staticmethod
+    def version(vm):
+        """The QEMU version @vm runs, as query-version tells it"""
+        v = vm.cmd('query-version')
+        q = v['qemu']
+        package = v.get('package', '').strip()
+        return (f"{q['major']}.{q['minor']}.{q['micro']}"
+                f"{' (' + package + ')' if package else ''}")
 
     def retire(self, vm):
         vm.stop()
