@@ -8,8 +8,10 @@
 # (10.0.0.1/24); QEMU runs in it and its ifup script attaches the TAP it
 # creates to the bridge.  Source and destination start with -S and are
 # let run with 'cont'; the migration goes over a UNIX socket with the
-# backend-transfer parameter on.  The guest (a kernel and a busybox
-# initramfs built by tap-transfer's scripts/guest/build-guest.sh) is
+# backend-transfer parameter on (one test instead opens the TAP itself
+# and migrates over fd: channels, as libvirt does).  The guest (a
+# kernel and a busybox initramfs built by tap-transfer's
+# scripts/guest/build-guest.sh) is
 # found through TAP_TRANSFER_GUEST; without it, or without root, the
 # tests skip and say why.
 #
@@ -17,8 +19,11 @@
 # later.  See the COPYING file in the top-level directory.
 
 import ctypes
+import fcntl
 import os
 import re
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -38,6 +43,50 @@ GUEST_READY = 'tap-transfer guest ready'
 _libc = ctypes.CDLL(None, use_errno=True)
 SYS_KCMP = 312          # x86_64
 KCMP_FILE = 0
+
+
+CLONE_NEWNET = 0x40000000
+TUNSETIFF = 0x400454ca
+IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+
+
+def _setns(fd):
+    if _libc.setns(fd, CLONE_NEWNET):
+        err = ctypes.get_errno()
+        raise OSError(err, f'setns: {os.strerror(err)}')
+
+
+def open_tap_in_netns(ns, ifname, queues):
+    """Create the multiqueue TAP @ifname in namespace @ns the way
+    management software does: open /dev/net/tun once per queue and
+    TUNSETIFF, with this thread in @ns for the while (the TAP is made in
+    the namespace of whoever creates it).  Returns the fds, O_RDWR."""
+    flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE
+    ifr = struct.pack('16sH22x', ifname.encode(), flags)
+    home = os.open('/proc/thread-self/ns/net', os.O_RDONLY)
+    fds = []
+    try:
+        there = os.open(f'/run/netns/{ns}', os.O_RDONLY)
+        try:
+            _setns(there)
+        finally:
+            os.close(there)
+        try:
+            for _ in range(queues):
+                fds.append(os.open('/dev/net/tun', os.O_RDWR))
+                fcntl.ioctl(fds[-1], TUNSETIFF, ifr)
+        finally:
+            _setns(home)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    finally:
+        os.close(home)
+    return fds
 
 
 def same_open_file(pid1, fd1, pid2, fd2):
@@ -90,6 +139,7 @@ class TapTransfer(QemuSystemTest):
         self.ns = f'tt-func-{os.getpid()}-{self._namespaces}'
         self.pings = []
         self.shm = None
+        self.own_fds = []
         self.hops = 0
         # cleanups run after tearDown has shut the QEMUs down, last
         # registered first: the pings, then the namespace
@@ -97,6 +147,7 @@ class TapTransfer(QemuSystemTest):
         self.addCleanup(subprocess.run, ['ip', 'netns', 'del', self.ns],
                         stderr=subprocess.DEVNULL)
         self.addCleanup(self.kill_pings)
+        self.addCleanup(self.close_own_fds)
         self.nsrun('ip', 'link', 'set', 'lo', 'up')
         self.nsrun('sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1')
         self.nsrun('sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=1')
@@ -130,6 +181,10 @@ class TapTransfer(QemuSystemTest):
                 p.kill()
                 p.wait()
             p.out.close()
+
+    def close_own_fds(self):
+        while self.own_fds:
+            os.close(self.own_fds.pop())
 
     def use_shared_ram(self):
         self.shm = f'/dev/shm/tap-transfer-func-{self.ns}'
@@ -200,16 +255,24 @@ class TapTransfer(QemuSystemTest):
 
     # guests
 
-    def launch(self, queues=1, incoming=False):
+    def launch(self, queues=1, incoming=False, netdev=None, tap_fds=()):
         """A QEMU with the guest on -netdev tap-transfer, started with -S;
-        the source is let run ('cont') and waited for on its console."""
+        the source is let run ('cont') and waited for on its console.
+        @netdev replaces the -netdev that opens the TAP itself; @tap_fds
+        go in file descriptor sets 1, 2, ... (-add-fd), and once QEMU
+        runs, the test's copies are closed and the sets removed, as
+        libvirt does."""
         name = f'dst{self.hops}' if incoming else 'src'
         vm = self.get_vm(name=name)
-        netdev = (f'tap-transfer,id=n0,ifname=tt0,script={self.ifup},'
-                  'downscript=no')
         device = f'virtio-net-pci,netdev=n0,mac={GUEST_MAC}'
+        if netdev is None:
+            netdev = (f'tap-transfer,id=n0,ifname=tt0,script={self.ifup},'
+                      'downscript=no')
+            if queues > 1:
+                netdev += f',queues={queues}'
+        for i, fd in enumerate(tap_fds):
+            vm.add_fd(fd, i + 1, f'tap-queue-{i}')
         if queues > 1:
-            netdev += f',queues={queues}'
             device += f',mq=on,vectors={2 * queues + 2}'
             # Linux uses as many queue pairs as it has CPUs
             vm.add_args('-smp', str(queues))
@@ -228,12 +291,28 @@ class TapTransfer(QemuSystemTest):
             vm.add_args('-incoming', 'defer')
         vm.set_console()
         vm.launch()
+        for i, fd in enumerate(tap_fds):
+            self.own_fds.remove(fd)
+            os.close(fd)
+            vm.cmd('remove-fd', {'fdset-id': i + 1})
         if not incoming:
             vm.cmd('cont')
             wait_for_console_pattern(self, GUEST_READY, 'Kernel panic',
                                      vm=vm)
             self.wait_ping()
         return vm
+
+    def fd_channel(self, src, dst, fdname='mig'):
+        """The migration channel as libvirt makes it for fd: URIs: the
+        two ends of a socketpair, one passed to each QEMU (getfd)."""
+        ends = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            for vm, end in zip((src, dst), ends):
+                vm.send_fd_scm(fd=end.fileno())
+                vm.cmd('getfd', fdname=fdname)
+        finally:
+            for end in ends:
+                end.close()
 
     def prepare(self, src, dst, transfer=True):
         for vm in (src, dst):
@@ -255,11 +334,14 @@ class TapTransfer(QemuSystemTest):
             time.sleep(0.01)
         self.fail(f'migration not {"/".join(states)} after {timeout} s')
 
-    def migrate(self, src, queues=1):
-        """Hand @src over to a new QEMU (also started with -S) and let
-        it run; returns the destination and the source's statistics."""
+    def migrate(self, src, queues=1, netdev=None):
+        """Hand @src over to a new QEMU (also started with -S, with
+        @netdev if given) and let it run; returns the destination and
+        the source's statistics."""
         self.hops += 1
-        dst = self.launch(queues, incoming=True)
+        dst = self.launch(queues, incoming=True, netdev=netdev)
+        if self.mig_uri.startswith('fd:'):
+            self.fd_channel(src, dst, self.mig_uri[3:])
         self.prepare(src, dst)
         src.cmd('migrate', uri=self.mig_uri)
         info = self.wait_migration(src, ('completed',))
@@ -292,8 +374,9 @@ class TapTransfer(QemuSystemTest):
 
     # the tests
 
-    def handover_under_flood(self, queues):
-        src = self.launch(queues)
+    def handover_under_flood(self, queues, src_netdev=None, dst_netdev=None,
+                             tap_fds=()):
+        src = self.launch(queues, netdev=src_netdev, tap_fds=tap_fds)
         self.assertEqual(self.tap_queues(), queues,
                          'queues attached to the TAP')
         ifindex, links = self.ifindex(), self.links()
@@ -303,7 +386,7 @@ class TapTransfer(QemuSystemTest):
                 self.nsrun('ip', 'addr', 'add', f'{source}/24', 'dev', 'br0')
                 flows.append(self.start_ping(250, 50, source))
         time.sleep(1.5)
-        dst, info = self.migrate(src, queues)
+        dst, info = self.migrate(src, queues, dst_netdev)
         self.assert_same_tap(src, dst, queues)
         src.shutdown()
         for i, p in enumerate(flows):
@@ -324,6 +407,30 @@ class TapTransfer(QemuSystemTest):
         same TAP and open files, no new link."""
         self.use_shared_ram()
         self.handover_under_flood(4)
+
+    def test_management_fds_fd_migration(self):
+        """Driven as libvirt drives QEMU: the test opens the 4-queue TAP
+        itself, passes its fds in fd sets (-add-fd, fds=/dev/fdset/N)
+        and closes its own copies at once; the destination has only
+        queues=4; the migration goes over fd: channels (a socketpair,
+        getfd).  No ping lost, the same TAP and open files, no new link."""
+        queues = 4
+        self.use_shared_ram()
+        fds = open_tap_in_netns(self.ns, 'tt0', queues)
+        self.own_fds.extend(fds)
+        self.nsrun('ip', 'link', 'set', 'tt0', 'master', 'br0', 'up')
+        ifindex, links = self.ifindex(), self.links()
+        self.assertEqual(self.tap_queues(), queues, 'queues of the new TAP')
+        self.mig_uri = 'fd:mig'
+        fdsets = ':'.join(f'/dev/fdset/{i + 1}' for i in range(queues))
+        self.handover_under_flood(
+            queues, src_netdev=f'tap-transfer,id=n0,fds={fdsets}',
+            dst_netdev=f'tap-transfer,id=n0,queues={queues}', tap_fds=fds)
+        self.assertEqual(self.own_fds, [], 'the test kept TAP fds')
+        self.assertEqual(tun_fds(os.getpid()), [],
+                         'the test still has /dev/net/tun open')
+        self.assertEqual(self.ifindex(), ifindex, 'the TAP ifindex changed')
+        self.assertEqual(self.links(), links, 'links came or went')
 
     def test_zero_loss(self):
         """Single queue, RAM copied: no ping lost, the same TAP."""
