@@ -1245,33 +1245,33 @@ static void do_stranded(const char *netdev, int pairs,
     close(sock);
 }
 
-static void test_stranded(void)
-{
-    if (need_tap()) {
-        do_stranded("ifname=tt0,script=no,downscript=no", 1, NULL);
-    }
-}
+typedef struct StrandedCase {
+    const char *path;
+    const char *netdev;
+    int pairs;
+    /* The destination's options, when it is to refuse the state */
+    const char *refusing_netdev;
+} StrandedCase;
 
-static void test_stranded_refused(void)
-{
-    if (need_tap()) {
-        do_stranded("ifname=tt0,script=no,downscript=no", 1,
-                    "ifname=tt7,script=no,downscript=no");
-    }
-}
+static const StrandedCase stranded_cases[] = {
+    { "/tap-transfer/migration/stranded",
+      "ifname=tt0,script=no,downscript=no", 1, NULL },
+    { "/tap-transfer/migration/stranded-refused",
+      "ifname=tt0,script=no,downscript=no", 1,
+      "ifname=tt7,script=no,downscript=no" },
+    { "/tap-transfer/migration/stranded-multiqueue",
+      "ifname=tt0,queues=4,script=no,downscript=no", 4, NULL },
+    { "/tap-transfer/migration/stranded-multiqueue-refused",
+      "ifname=tt0,queues=4,script=no,downscript=no", 4,
+      "ifname=tt7,queues=4,script=no,downscript=no" },
+};
 
-static void test_stranded_multiqueue(void)
+static void test_stranded(const void *opaque)
 {
-    if (need_tap()) {
-        do_stranded("ifname=tt0,queues=4,script=no,downscript=no", 4, NULL);
-    }
-}
+    const StrandedCase *c = opaque;
 
-static void test_stranded_multiqueue_refused(void)
-{
     if (need_tap()) {
-        do_stranded("ifname=tt0,queues=4,script=no,downscript=no", 4,
-                    "ifname=tt7,queues=4,script=no,downscript=no");
+        do_stranded(c->netdev, c->pairs, c->refusing_netdev);
     }
 }
 
@@ -1423,31 +1423,25 @@ static void do_mgmt_handover(bool runtime, bool dest_fds)
     qtest_quit(to);
 }
 
-static void test_mgmt_fds(void)
-{
-    if (need_tap()) {
-        do_mgmt_handover(false, false);
-    }
-}
+typedef struct MgmtCase {
+    const char *path;
+    bool runtime;
+    bool dest_fds;
+} MgmtCase;
 
-static void test_mgmt_fds_to_dest(void)
-{
-    if (need_tap()) {
-        do_mgmt_handover(false, true);
-    }
-}
+static const MgmtCase mgmt_cases[] = {
+    { "/tap-transfer/management/fds", false, false },
+    { "/tap-transfer/management/fds-to-dest", false, true },
+    { "/tap-transfer/management/runtime", true, false },
+    { "/tap-transfer/management/runtime-fds-to-dest", true, true },
+};
 
-static void test_mgmt_runtime(void)
+static void test_mgmt(const void *opaque)
 {
-    if (need_tap()) {
-        do_mgmt_handover(true, false);
-    }
-}
+    const MgmtCase *c = opaque;
 
-static void test_mgmt_runtime_fds_to_dest(void)
-{
     if (need_tap()) {
-        do_mgmt_handover(true, true);
+        do_mgmt_handover(c->runtime, c->dest_fds);
     }
 }
 
@@ -1630,17 +1624,24 @@ static void do_cpr_transfer(int pairs, bool defer, const char *dst_var)
     unlink(mig_path);
 }
 
-static void test_cpr_transfer(void)
-{
-    if (need_tap()) {
-        do_cpr_transfer(1, false, NULL);
-    }
-}
+typedef struct CprCase {
+    const char *path;
+    int pairs;
+    bool defer;
+} CprCase;
 
-static void test_cpr_transfer_defer(void)
+static const CprCase cpr_cases[] = {
+    { "/tap-transfer/migration/cpr-transfer", 1, false },
+    { "/tap-transfer/migration/cpr-transfer-defer", 1, true },
+    { "/tap-transfer/migration/cpr-transfer-multiqueue", 4, false },
+};
+
+static void test_cpr_transfer(const void *opaque)
 {
+    const CprCase *c = opaque;
+
     if (need_tap()) {
-        do_cpr_transfer(1, true, NULL);
+        do_cpr_transfer(c->pairs, c->defer, NULL);
     }
 }
 
@@ -1668,13 +1669,6 @@ static void test_cross_version_cpr_transfer(void)
         return;
     }
     do_cpr_transfer(2, false, "QTEST_QEMU_BINARY_DST");
-}
-
-static void test_cpr_transfer_multiqueue(void)
-{
-    if (need_tap()) {
-        do_cpr_transfer(4, false, NULL);
-    }
 }
 
 /* backend-transfer off: an ordinary migration onto a TAP of its own */
@@ -2430,27 +2424,20 @@ int main(int argc, char **argv)
                    test_handover_unprivileged);
     qtest_add_func("/tap-transfer/migration/four-netdevs", test_four_netdevs);
     qtest_add_func("/tap-transfer/migration/zero-loss", test_zero_loss);
-    qtest_add_func("/tap-transfer/migration/stranded", test_stranded);
-    qtest_add_func("/tap-transfer/migration/stranded-refused",
-                   test_stranded_refused);
-    qtest_add_func("/tap-transfer/migration/stranded-multiqueue",
-                   test_stranded_multiqueue);
-    qtest_add_func("/tap-transfer/migration/stranded-multiqueue-refused",
-                   test_stranded_multiqueue_refused);
-    qtest_add_func("/tap-transfer/management/fds", test_mgmt_fds);
-    qtest_add_func("/tap-transfer/management/fds-to-dest",
-                   test_mgmt_fds_to_dest);
-    qtest_add_func("/tap-transfer/management/runtime", test_mgmt_runtime);
-    qtest_add_func("/tap-transfer/management/runtime-fds-to-dest",
-                   test_mgmt_runtime_fds_to_dest);
+    for (int i = 0; i < ARRAY_SIZE(stranded_cases); i++) {
+        qtest_add_data_func(stranded_cases[i].path, &stranded_cases[i],
+                            test_stranded);
+    }
+    for (int i = 0; i < ARRAY_SIZE(mgmt_cases); i++) {
+        qtest_add_data_func(mgmt_cases[i].path, &mgmt_cases[i], test_mgmt);
+    }
     qtest_add_func("/tap-transfer/management/fdset", test_mgmt_fdset);
     qtest_add_func("/tap-transfer/migration/global-property",
                    test_global_property);
-    qtest_add_func("/tap-transfer/migration/cpr-transfer", test_cpr_transfer);
-    qtest_add_func("/tap-transfer/migration/cpr-transfer-defer",
-                   test_cpr_transfer_defer);
-    qtest_add_func("/tap-transfer/migration/cpr-transfer-multiqueue",
-                   test_cpr_transfer_multiqueue);
+    for (int i = 0; i < ARRAY_SIZE(cpr_cases); i++) {
+        qtest_add_data_func(cpr_cases[i].path, &cpr_cases[i],
+                            test_cpr_transfer);
+    }
     qtest_add_func("/tap-transfer/migration/transfer-off", test_transfer_off);
     qtest_add_func("/tap-transfer/migration/unprivileged-transfer-off",
                    test_unprivileged_transfer_off);
