@@ -972,8 +972,8 @@ static void assert_logged(const char *line)
     g_autofree char *err = NULL;
 
     g_assert_true(g_file_get_contents(log, &err, NULL, NULL));
-    g_test_message("logged: %s", g_strchomp(err));
     g_assert_nonnull(strstr(err, line));
+    g_test_message("logged: %s", g_strchomp(err));
     unlink(log);
 }
 
