@@ -110,7 +110,6 @@ typedef struct TapTransferState {
      */
     int32_t stream_npackets;
     TapTransferPacket *stream_packets;
-    uint32_t take_queue;
 
     VMChangeStateEntry *vm_change;
     /* Runs when the clients go away: netdev_del, exit */
@@ -242,16 +241,22 @@ static void tap_transfer_resume(TapTransferState *s)
     trace_tap_transfer_resume(s->name);
 }
 
+typedef struct TapTransferTake {
+    TapTransferState *s;
+    uint32_t queue;
+} TapTransferTake;
+
 static void tap_transfer_take_packet(const uint8_t *data, size_t size,
                                      void *opaque)
 {
-    TapTransferState *s = opaque;
+    TapTransferTake *take = opaque;
+    TapTransferState *s = take->s;
     TapTransferPacket *p;
 
     s->stream_packets = g_renew(TapTransferPacket, s->stream_packets,
                                 s->stream_npackets + 1);
     p = &s->stream_packets[s->stream_npackets++];
-    p->queue = s->take_queue;
+    p->queue = take->queue;
     p->size = size;
     p->data = g_memdup2(data, size);
 }
@@ -265,13 +270,14 @@ static void tap_transfer_take_packet(const uint8_t *data, size_t size,
 static void tap_transfer_hold_queued(TapTransferState *s)
 {
     int32_t before = s->stream_npackets;
+    TapTransferTake take = { .s = s };
 
-    for (s->take_queue = 0; s->take_queue < s->queues; s->take_queue++) {
-        NetClientState *nc = s->ncs[s->take_queue];
+    for (take.queue = 0; take.queue < s->queues; take.queue++) {
+        NetClientState *nc = s->ncs[take.queue];
 
         if (nc && nc->peer) {
             qemu_net_queue_take(nc->peer->incoming_queue, nc,
-                                tap_transfer_take_packet, s);
+                                tap_transfer_take_packet, &take);
         }
     }
     if (s->stream_npackets > before) {
