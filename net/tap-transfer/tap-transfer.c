@@ -14,23 +14,33 @@
  * get one once the stream tells which way it goes: a new TAP of their
  * own, or the source's.
  *
- * This work is licensed under the terms of the GNU GPL, version 2 or later.
- * See the COPYING file in the top-level directory.
+ * The netdev's state is a QOM object, /netdevs/ID, whose migration
+ * section is named after the netdev id, so the two sides may create
+ * their netdevs in any order.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
 #include "qemu/osdep.h"
 #include <sys/ioctl.h>
 #include <sys/sysmacros.h>
 #include <net/if.h>
+#include <linux/major.h>
 #include "qapi/error.h"
 #include "qapi/clone-visitor.h"
 #include "qapi/qapi-visit-net.h"
+#include "qapi/util.h"
+#include "qapi/visitor.h"
 #include "qemu/cutils.h"
 #include "qemu/error-report.h"
 #include "qemu/module.h"
+#include "qemu/queue.h"
+#include "qom/object.h"
+#include "hw/vmstate-if.h"
 #include "monitor/monitor.h"
 #include "qapi/qapi-types-migration.h"
 #include "migration/client-options.h"
+#include "migration/misc.h"
 #include "migration/register.h"
 #include "migration/vmstate.h"
 #include "net/net.h"
@@ -38,6 +48,7 @@
 #include "net/tap.h"
 #include "net/tap_int.h"
 #include "net/tap-linux.h"
+#include "net/tap-transfer-compat.h"
 #include "net/vhost_net.h"
 #include "system/runstate.h"
 #include "trace.h"
@@ -46,10 +57,46 @@
 #include <cap-ng.h>
 #endif
 
+#define TYPE_TAP_TRANSFER "netdev-tap-transfer"
+OBJECT_DECLARE_SIMPLE_TYPE(TapTransfer, TAP_TRANSFER)
+
+/* The QOM container of the netdevs' objects, under the root */
+#define TAP_TRANSFER_CONTAINER "netdevs"
+
 #define TAP_TRANSFER_MAX_QUEUES 1024
-#define TAP_TRANSFER_MAX_PACKETS 65536
-#define TUN_MISC_MAJOR 10
-#define TUN_MISC_MINOR 200
+/*
+ * A NIC queues at most this many frames from one sender (net/queue.c):
+ * more frames than that per queue cannot have been waiting at the stop.
+ */
+#define TAP_TRANSFER_MAX_FRAMES_PER_QUEUE 10000
+
+/* What a netdev does with its TAP, as qom-get reads it */
+typedef enum TapTransferPhase {
+    /* On an incoming QEMU, no TAP yet */
+    TAP_TRANSFER_AWAITING,
+    /* A TAP this QEMU opened, or was given by management */
+    TAP_TRANSFER_OWN,
+    /* The source's TAP, not read until the VM runs here */
+    TAP_TRANSFER_IDLE,
+    /* The source's TAP, read since the VM runs here */
+    TAP_TRANSFER_ADOPTED,
+    /* Passed to a destination; read again only if the VM runs here again */
+    TAP_TRANSFER_HANDED_OVER,
+    TAP_TRANSFER__MAX,
+} TapTransferPhase;
+
+static const char *const tap_transfer_phase_names[TAP_TRANSFER__MAX] = {
+    [TAP_TRANSFER_AWAITING] = "awaiting",
+    [TAP_TRANSFER_OWN] = "own",
+    [TAP_TRANSFER_IDLE] = "idle",
+    [TAP_TRANSFER_ADOPTED] = "adopted",
+    [TAP_TRANSFER_HANDED_OVER] = "handed-over",
+};
+
+static const QEnumLookup tap_transfer_phase_lookup = {
+    .array = tap_transfer_phase_names,
+    .size = TAP_TRANSFER__MAX,
+};
 
 /* One TAP queue as it travels in the migration stream */
 typedef struct TapTransferQueue {
@@ -61,14 +108,18 @@ typedef struct TapTransferQueue {
     bool has_uso;
 } TapTransferQueue;
 
-/* A packet read from the TAP that still waited in the NIC's queue */
-typedef struct TapTransferPacket {
+/* A frame read from the TAP that the guest has not got yet */
+typedef struct TapTransferFrame {
+    /* Its netdev, for the checks of a frame being loaded */
+    TapTransfer *owner;
     uint32_t queue;
     uint32_t size;
     uint8_t *data;
-} TapTransferPacket;
+} TapTransferFrame;
 
-typedef struct TapTransferState {
+struct TapTransfer {
+    Object parent_obj;
+
     char *name;
     NetdevTapOptions *opts;
     uint32_t queues;
@@ -76,45 +127,56 @@ typedef struct TapTransferState {
     NetClientState **ncs;
     /* Known when opened here, or from the options on a destination */
     char ifname[IFNAMSIZ];
-
-    /* Destination: fds handed to us by management, not yet used */
-    int *mgmt_fds;
-    int *mgmt_vhostfds;
-    bool attached;
-
-    /* Source: reading stopped and downscript given up at handover */
-    bool handed_over;
+    TapTransferPhase phase;
+    /* Where a handed-over netdev goes back to if the VM runs here again */
+    TapTransferPhase phase_before_handover;
     /*
-     * Destination: the TAP is adopted but not read until the VM runs
-     * here, so that a load that fails after this section (a later
-     * device's) takes no frame from the source, which then runs on
+     * This QEMU runs the downscript when it ends up owning the TAP: it
+     * opened the TAP, or adopted it from a source that would have.
      */
-    bool adopted_idle;
-    bool owned_downscript;
+    bool owns_downscript;
+    bool vm_running;
+
+    /* Destination: fds handed to us by management, not used yet */
+    int *mgmt_fds;
+    uint32_t n_mgmt_fds;
+    int *mgmt_vhostfds;
+    uint32_t n_mgmt_vhostfds;
+
+    /*
+     * Per queue, the frames read from the TAP that had not reached the
+     * guest when the VM stopped, oldest first.  They go to the
+     * destination with the state, or to the NIC when the VM runs here;
+     * while they do, that queue reads nothing from the TAP.
+     */
+    GQueue *held;
+    bool *releasing;
 
     /* The migration stream */
-    bool stream_transfer;
     uint32_t stream_id_len;
     uint8_t *stream_id;
+    bool stream_transfer;
     uint8_t stream_ifname[IFNAMSIZ];
     bool stream_owns_downscript;
     int32_t stream_queues;
     TapTransferQueue *stream_queue;
     /* UDP tunnel offloads in use (QEMU >= 10.2): subsection "tunnel" */
     bool stream_has_tunnel;
-    /*
-     * Frames read from the TAP that had not reached the guest when the
-     * VM stopped, oldest first.  Held while it is stopped; they go to
-     * the destination with the state, or back to the NIC if the VM
-     * runs here again.
-     */
-    int32_t stream_npackets;
-    TapTransferPacket *stream_packets;
+    int32_t stream_nframes;
+    /* Loading, the array owns the frames' data; saving, the held queues do */
+    TapTransferFrame *stream_frames;
 
     VMChangeStateEntry *vm_change;
+    /* Source: a failed or cancelled migration, in either local mode */
+    NotifierWithReturn migration_normal;
+    NotifierWithReturn migration_cpr;
     /* Runs when the clients go away: netdev_del, exit */
     Notifier cleanup;
-} TapTransferState;
+    QTAILQ_ENTRY(TapTransfer) next;
+};
+
+static QTAILQ_HEAD(, TapTransfer) tap_transfers =
+    QTAILQ_HEAD_INITIALIZER(tap_transfers);
 
 static void tap_transfer_close_fds(int *fds, uint32_t n)
 {
@@ -126,42 +188,65 @@ static void tap_transfer_close_fds(int *fds, uint32_t n)
     }
 }
 
-static void tap_transfer_close_stream_fds(TapTransferState *s)
+static void tap_transfer_frame_free(gpointer data)
 {
-    for (int32_t i = 0; s->stream_queue && i < s->stream_queues; i++) {
+    TapTransferFrame *f = data;
+
+    g_free(f->data);
+    g_free(f);
+}
+
+static uint32_t tap_transfer_frames_held(TapTransfer *s)
+{
+    uint32_t n = 0;
+
+    for (uint32_t i = 0; s->held && i < s->queues; i++) {
+        n += g_queue_get_length(&s->held[i]);
+    }
+    return n;
+}
+
+static void tap_transfer_drop_held(TapTransfer *s, uint32_t queue,
+                                   const char *why)
+{
+    if (!g_queue_is_empty(&s->held[queue])) {
+        trace_tap_transfer_drop(s->name, queue,
+                                g_queue_get_length(&s->held[queue]), why);
+        g_queue_clear_full(&s->held[queue], tap_transfer_frame_free);
+    }
+}
+
+/*
+ * Forget what a stream brought and was not adopted: the received fds
+ * are closed, the frames freed.
+ */
+static void tap_transfer_discard_stream(TapTransfer *s)
+{
+    for (int32_t i = 0; s->stream_queue && i < s->queues; i++) {
         if (s->stream_queue[i].fd >= 0) {
             close(s->stream_queue[i].fd);
         }
     }
     g_clear_pointer(&s->stream_queue, g_free);
     s->stream_queues = 0;
+    for (int32_t i = 0; s->stream_frames && i < s->stream_nframes; i++) {
+        g_free(s->stream_frames[i].data);
+    }
+    g_clear_pointer(&s->stream_frames, g_free);
+    s->stream_nframes = 0;
+    g_clear_pointer(&s->stream_id, g_free);
+    s->stream_id_len = 0;
 }
 
-static void tap_transfer_free_packets(TapTransferState *s)
+/* A name received in the stream, fit to be printed */
+static char *tap_transfer_printable(const uint8_t *name, size_t len)
 {
-    for (int32_t i = 0; s->stream_packets && i < s->stream_npackets; i++) {
-        g_free(s->stream_packets[i].data);
-    }
-    g_clear_pointer(&s->stream_packets, g_free);
-    s->stream_npackets = 0;
+    g_autofree char *copy = g_strndup((const char *)name, len);
+
+    return g_strescape(copy, NULL);
 }
 
-/* Give the NIC what was read from the TAP before the switchover */
-static void tap_transfer_send_packets(TapTransferState *s)
-{
-    if (s->stream_npackets > 0) {
-        trace_tap_transfer_release(s->name, s->stream_npackets);
-    }
-    for (int32_t i = 0; s->stream_packets && i < s->stream_npackets; i++) {
-        TapTransferPacket *p = &s->stream_packets[i];
-
-        qemu_send_packet(s->ncs[p->queue], p->data, p->size);
-    }
-    tap_transfer_free_packets(s);
-}
-
-static const char *tap_transfer_downscript(TapTransferState *s,
-                                           char **to_free)
+static const char *tap_transfer_downscript(TapTransfer *s, char **to_free)
 {
     if (s->opts->downscript) {
         return s->opts->downscript;
@@ -170,12 +255,37 @@ static const char *tap_transfer_downscript(TapTransferState *s,
     return *to_free;
 }
 
-static void tap_transfer_set_info(TapTransferState *s, const char *how)
+/* The downscript runs when this QEMU's clients go away, or not */
+static void tap_transfer_arm_downscript(TapTransfer *s, bool armed)
 {
+    g_autofree char *default_downscript = NULL;
+
+    if (armed && s->owns_downscript) {
+        tap_set_downscript(s->ncs[0],
+                           tap_transfer_downscript(s, &default_downscript),
+                           s->ifname);
+    } else {
+        tap_set_downscript(s->ncs[0], NULL, NULL);
+    }
+}
+
+static void tap_transfer_set_phase(TapTransfer *s, TapTransferPhase phase)
+{
+    static const char *const how[TAP_TRANSFER__MAX] = {
+        [TAP_TRANSFER_AWAITING] = "awaiting migration",
+        [TAP_TRANSFER_OWN] = "own",
+        [TAP_TRANSFER_IDLE] = "adopted, idle until the VM runs",
+        [TAP_TRANSFER_ADOPTED] = "adopted",
+        [TAP_TRANSFER_HANDED_OVER] = "handed over",
+    };
+
+    s->phase = phase;
     for (uint32_t i = 0; i < s->queues; i++) {
         qemu_set_info_str(s->ncs[i], "tap-transfer,ifname=%s,queue=%u/%u,%s",
-                          s->ifname[0] ? s->ifname : "?", i, s->queues, how);
+                          s->ifname[0] ? s->ifname : "?", i, s->queues,
+                          how[phase]);
     }
+    trace_tap_transfer_phase(s->name, tap_transfer_phase_names[phase]);
 }
 
 /*
@@ -194,95 +304,139 @@ static void tap_transfer_explain_open_failure(Error **errp)
 #endif
 }
 
-/* Source side */
+/* Reading the TAP, and giving the NIC what was held */
 
 /*
- * The VM runs here again: give the NIC the frames held since the stop.
- * A queue whose frame was held stopped reading the TAP, waiting for a
- * completion that never comes: it reads again now, after those frames.
+ * A queue reads its TAP while the VM runs, unless held frames still go
+ * to the NIC ahead of what the TAP has.  A stopped VM has nothing read:
+ * the frames wait in the TAP, where nothing drops them.
  */
-static void tap_transfer_release_held(TapTransferState *s)
+static void tap_transfer_update_reading(TapTransfer *s, uint32_t queue)
 {
-    g_autofree bool *stalled = g_new0(bool, s->queues);
+    tap_set_suspended(s->ncs[queue],
+                      !s->vm_running || s->releasing[queue] ||
+                      s->phase == TAP_TRANSFER_HANDED_OVER);
+}
 
-    for (int32_t i = 0; s->stream_packets && i < s->stream_npackets; i++) {
-        stalled[s->stream_packets[i].queue] = true;
-    }
-    tap_transfer_send_packets(s);
-    for (uint32_t i = 0; i < s->queues; i++) {
-        /* With vhost, vhost_net_start/stop own the polling of the fd */
-        if (stalled[i] && !get_vhost_net(s->ncs[i])) {
-            s->ncs[i]->info->poll(s->ncs[i], true);
+static TapTransfer *tap_transfer_find_client(NetClientState *nc,
+                                             uint32_t *queue)
+{
+    TapTransfer *s;
+
+    QTAILQ_FOREACH(s, &tap_transfers, next) {
+        for (uint32_t i = 0; i < s->queues; i++) {
+            if (s->ncs[i] == nc) {
+                *queue = i;
+                return s;
+            }
         }
+    }
+    return NULL;
+}
+
+static void tap_transfer_release_queue(TapTransfer *s, uint32_t queue);
+
+static void tap_transfer_frame_sent(NetClientState *nc, ssize_t len)
+{
+    uint32_t queue;
+    TapTransfer *s = tap_transfer_find_client(nc, &queue);
+
+    if (s && s->releasing[queue]) {
+        tap_transfer_release_queue(s, queue);
     }
 }
 
-static void tap_transfer_resume(TapTransferState *s)
+/*
+ * Give the NIC the frames held for @queue, one at a time, each after
+ * the one before was taken, then read the TAP again.
+ */
+static void tap_transfer_release_queue(TapTransfer *s, uint32_t queue)
 {
-    g_autofree char *default_downscript = NULL;
+    NetClientState *nc = s->ncs[queue];
+    bool had_frames = !g_queue_is_empty(&s->held[queue]) ||
+                      s->releasing[queue];
+    TapTransferFrame *f;
 
-    for (uint32_t i = 0; i < s->queues; i++) {
-        /*
-         * A destination that received the fds may have made the shared
-         * file description blocking.
-         */
-        if (!g_unix_set_fd_nonblocking(tap_get_fd(s->ncs[i]), true, NULL)) {
-            warn_report("netdev %s: cannot make queue %u non-blocking: %s",
-                        s->name, i, strerror(errno));
+    /* vhost owns the guest's receive ring: QEMU cannot fill it */
+    if (get_vhost_net(nc)) {
+        tap_transfer_drop_held(s, queue, "vhost-net owns the receive queue");
+        had_frames = false;
+    }
+    while ((f = g_queue_pop_head(&s->held[queue]))) {
+        ssize_t ret;
+
+        trace_tap_transfer_release(s->name, queue, f->size);
+        ret = qemu_send_packet_async(nc, f->data, f->size,
+                                     tap_transfer_frame_sent);
+        tap_transfer_frame_free(f);
+        if (ret == 0) {
+            /* Queued in the NIC, which calls back once it took it */
+            s->releasing[queue] = true;
+            tap_transfer_update_reading(s, queue);
+            return;
         }
-        tap_set_suspended(s->ncs[i], false);
     }
-    if (s->owned_downscript) {
-        tap_set_downscript(s->ncs[0],
-                           tap_transfer_downscript(s, &default_downscript),
-                           s->ifname);
+    s->releasing[queue] = false;
+    /*
+     * A frame tap.c read was among them: tap.c stopped reading for its
+     * completion, which never comes for a frame taken back.
+     */
+    if (had_frames && !get_vhost_net(nc)) {
+        nc->info->poll(nc, true);
     }
-    s->handed_over = false;
-    trace_tap_transfer_resume(s->name);
+    tap_transfer_update_reading(s, queue);
 }
 
 typedef struct TapTransferTake {
-    TapTransferState *s;
+    TapTransfer *s;
     uint32_t queue;
+    GQueue taken;
 } TapTransferTake;
 
-static void tap_transfer_take_packet(const uint8_t *data, size_t size,
-                                     void *opaque)
+static void tap_transfer_take_frame(const uint8_t *data, size_t size,
+                                    void *opaque)
 {
     TapTransferTake *take = opaque;
-    TapTransferState *s = take->s;
-    TapTransferPacket *p;
+    TapTransferFrame *f = g_new0(TapTransferFrame, 1);
 
-    s->stream_packets = g_renew(TapTransferPacket, s->stream_packets,
-                                s->stream_npackets + 1);
-    p = &s->stream_packets[s->stream_npackets++];
-    p->queue = take->queue;
-    p->size = size;
-    p->data = g_memdup2(data, size);
+    f->owner = take->s;
+    f->queue = take->queue;
+    f->size = size;
+    f->data = g_memdup2(data, size);
+    g_queue_push_tail(&take->taken, f);
 }
 
 /*
- * Hold the frames read from the TAP that still wait in the NIC's queues,
- * after those already held.  Left there they would be lost: when the VM
- * stops, net.c flushes these queues into a NIC that refuses everything
- * once stopped, and frees what it refused.
+ * Hold the frames read from the TAP that still wait in the NIC's
+ * queues.  Left there they would be lost: when the VM stops, net.c
+ * flushes these queues into a NIC that refuses everything once stopped,
+ * and frees what it refused.  They are older than the frames still
+ * held for their queue, if any: those were waiting behind them.
  */
-static void tap_transfer_hold_queued(TapTransferState *s)
+static void tap_transfer_hold_queued(TapTransfer *s)
 {
-    int32_t before = s->stream_npackets;
+    uint32_t before = tap_transfer_frames_held(s);
     TapTransferTake take = { .s = s };
 
     for (take.queue = 0; take.queue < s->queues; take.queue++) {
         NetClientState *nc = s->ncs[take.queue];
+        TapTransferFrame *f;
 
-        if (nc && nc->peer) {
-            qemu_net_queue_take(nc->peer->incoming_queue, nc,
-                                tap_transfer_take_packet, &take);
+        if (!nc->peer) {
+            continue;
         }
+        g_queue_init(&take.taken);
+        qemu_net_queue_take(nc->peer->incoming_queue, nc,
+                            tap_transfer_take_frame, &take);
+        while ((f = g_queue_pop_tail(&take.taken))) {
+            g_queue_push_head(&s->held[take.queue], f);
+        }
+        /* Its completion was taken with it */
+        s->releasing[take.queue] = false;
     }
-    if (s->stream_npackets > before) {
-        trace_tap_transfer_hold(s->name, s->stream_npackets - before,
-                                s->stream_npackets);
+    if (tap_transfer_frames_held(s) > before) {
+        trace_tap_transfer_hold(s->name, tap_transfer_frames_held(s) - before,
+                                tap_transfer_frames_held(s));
     }
 }
 
@@ -292,15 +446,63 @@ static void tap_transfer_hold_queued(TapTransferState *s)
  * send buffer (sndbuf=, unlimited by default) refuses; say so when it
  * happens, since nothing else would.
  */
-static void tap_transfer_flush_tx(TapTransferState *s)
+static void tap_transfer_flush_tx(TapTransfer *s)
 {
     for (uint32_t i = 0; i < s->queues; i++) {
-        NetClientState *nc = s->ncs[i];
-
-        if (nc && !qemu_net_queue_flush(nc->incoming_queue)) {
+        if (!qemu_net_queue_flush(s->ncs[i]->incoming_queue)) {
             trace_tap_transfer_tx_unsent(s->name, i);
         }
     }
+}
+
+/* Who owns the TAP */
+
+/*
+ * The source's handover did not hold: it failed, was cancelled, or the
+ * VM runs here again.  The TAP is this QEMU's again, downscript and all.
+ */
+static void tap_transfer_take_back(TapTransfer *s)
+{
+    for (uint32_t i = 0; i < s->queues; i++) {
+        /*
+         * QEMU 10.0's socket channel makes the fds it receives blocking,
+         * and a destination shares the file description with us.
+         */
+        if (!g_unix_set_fd_nonblocking(tap_get_fd(s->ncs[i]), true, NULL)) {
+            warn_report("netdev %s: cannot make queue %u non-blocking: %s",
+                        s->name, i, strerror(errno));
+        }
+    }
+    tap_transfer_set_phase(s, s->phase_before_handover);
+    tap_transfer_arm_downscript(s, true);
+    for (uint32_t i = 0; i < s->queues; i++) {
+        tap_transfer_update_reading(s, i);
+    }
+    trace_tap_transfer_take_back(s->name);
+}
+
+static void tap_transfer_migration_ended(TapTransfer *s, MigrationEvent *e)
+{
+    if (e->type == MIG_EVENT_PRECOPY_FAILED &&
+        s->phase == TAP_TRANSFER_HANDED_OVER) {
+        tap_transfer_take_back(s);
+    }
+}
+
+static int tap_transfer_migration_normal(NotifierWithReturn *notifier,
+                                         MigrationEvent *e, Error **errp)
+{
+    tap_transfer_migration_ended(container_of(notifier, TapTransfer,
+                                              migration_normal), e);
+    return 0;
+}
+
+static int tap_transfer_migration_cpr(NotifierWithReturn *notifier,
+                                      MigrationEvent *e, Error **errp)
+{
+    tap_transfer_migration_ended(container_of(notifier, TapTransfer,
+                                              migration_cpr), e);
+    return 0;
 }
 
 /*
@@ -313,33 +515,39 @@ static void tap_transfer_flush_tx(TapTransferState *s)
 static void tap_transfer_vm_change(void *opaque, bool running,
                                    RunState state)
 {
-    TapTransferState *s = opaque;
+    TapTransfer *s = opaque;
 
-    if (!s->attached) {
+    s->vm_running = running;
+    if (s->phase == TAP_TRANSFER_AWAITING) {
         return;
     }
     if (!running) {
+        for (uint32_t i = 0; i < s->queues; i++) {
+            tap_transfer_update_reading(s, i);
+        }
         tap_transfer_hold_queued(s);
         tap_transfer_flush_tx(s);
         return;
     }
-    /* The source runs again: the handover failed or was abandoned */
-    if (s->handed_over) {
-        tap_transfer_resume(s);
+    if (s->phase == TAP_TRANSFER_HANDED_OVER) {
+        /* The handover was abandoned: the VM runs here again */
+        tap_transfer_take_back(s);
+    } else if (s->phase == TAP_TRANSFER_IDLE) {
+        /* The handover held: the TAP is this QEMU's now */
+        tap_transfer_set_phase(s, TAP_TRANSFER_ADOPTED);
+        tap_transfer_arm_downscript(s, true);
     }
-    /* The destination runs: the handover held */
-    if (s->adopted_idle) {
-        for (uint32_t i = 0; i < s->queues; i++) {
-            tap_set_suspended(s->ncs[i], false);
-        }
-        s->adopted_idle = false;
+    for (uint32_t i = 0; i < s->queues; i++) {
+        tap_transfer_release_queue(s, i);
     }
-    tap_transfer_release_held(s);
 }
+
+/* Source side */
 
 static int tap_transfer_pre_save(void *opaque)
 {
-    TapTransferState *s = opaque;
+    TapTransfer *s = opaque;
+    int32_t n = 0;
 
     g_free(s->stream_id);
     s->stream_id = (uint8_t *)g_strdup(s->name);
@@ -348,6 +556,20 @@ static int tap_transfer_pre_save(void *opaque)
     if (!s->stream_transfer) {
         return 0;
     }
+
+    /*
+     * The VM is stopped and we hold the BQL until the state is sent:
+     * from here on, frames stay in the TAP for the destination, and
+     * those read but not delivered go with the state.
+     */
+    if (s->phase != TAP_TRANSFER_HANDED_OVER) {
+        s->phase_before_handover = s->phase;
+        tap_transfer_set_phase(s, TAP_TRANSFER_HANDED_OVER);
+    }
+    for (uint32_t i = 0; i < s->queues; i++) {
+        tap_transfer_update_reading(s, i);
+    }
+    tap_transfer_hold_queued(s);
 
     g_free(s->stream_queue);
     s->stream_queues = s->queues;
@@ -366,45 +588,50 @@ static int tap_transfer_pre_save(void *opaque)
             .has_uso = qs.has_uso,
         };
         s->stream_has_tunnel |= qs.has_tunnel;
-        /*
-         * The VM is stopped and we hold the BQL until the state is sent:
-         * from here on, packets stay in the TAP for the destination.
-         */
-        tap_set_suspended(s->ncs[i], true);
     }
-    /*
-     * ...and the frames read but not delivered go with the state: held
-     * at the stop, or read since if the VM was stopped before migrating
-     */
-    tap_transfer_hold_queued(s);
+
+    /* The held queues keep the frames, in case the VM runs here again */
+    g_free(s->stream_frames);
+    s->stream_nframes = tap_transfer_frames_held(s);
+    s->stream_frames = g_new0(TapTransferFrame, s->stream_nframes);
+    for (uint32_t i = 0; i < s->queues; i++) {
+        for (GList *l = s->held[i].head; l; l = l->next) {
+            s->stream_frames[n++] = *(TapTransferFrame *)l->data;
+        }
+    }
+
     pstrcpy((char *)s->stream_ifname, sizeof(s->stream_ifname), s->ifname);
-    s->owned_downscript = tap_has_downscript(s->ncs[0]);
-    s->stream_owns_downscript = s->owned_downscript;
-    /* The destination owns the TAP now, downscript included */
-    tap_set_downscript(s->ncs[0], NULL, NULL);
-    s->handed_over = true;
+    /* The destination owns the TAP once the VM runs there */
+    s->stream_owns_downscript = s->owns_downscript;
+    tap_transfer_arm_downscript(s, false);
     trace_tap_transfer_handover(s->name, s->queues, s->ifname,
-                                s->stream_npackets);
+                                s->stream_nframes);
     return 0;
 }
 
 static int tap_transfer_post_save(void *opaque)
 {
-    TapTransferState *s = opaque;
+    TapTransfer *s = opaque;
 
     /* The fds are in the stream now; these are only copies of ours */
     g_clear_pointer(&s->stream_queue, g_free);
     s->stream_queues = 0;
+    g_clear_pointer(&s->stream_frames, g_free);
+    s->stream_nframes = 0;
     return 0;
 }
 
 /* Destination side */
 
-static bool tap_transfer_check_fd(TapTransferState *s, uint32_t index,
+/* Linux's TUN_MINOR, from include/linux/miscdevice.h, not a uapi header */
+#define TAP_TRANSFER_TUN_MINOR 200
+
+static bool tap_transfer_check_fd(TapTransfer *s, uint32_t index,
                                   const TapTransferQueue *q, Error **errp)
 {
     struct ifreq ifr = { 0 };
     struct stat st;
+    int hdr_len;
 
     if (q->fd < 0) {
         error_setg(errp, "netdev %s: no file descriptor received for "
@@ -413,17 +640,14 @@ static bool tap_transfer_check_fd(TapTransferState *s, uint32_t index,
         return false;
     }
     if (fstat(q->fd, &st) < 0 || !S_ISCHR(st.st_mode) ||
-        major(st.st_rdev) != TUN_MISC_MAJOR ||
-        minor(st.st_rdev) != TUN_MISC_MINOR) {
+        major(st.st_rdev) != MISC_MAJOR ||
+        minor(st.st_rdev) != TAP_TRANSFER_TUN_MINOR) {
         error_setg(errp, "netdev %s: queue %u: received file descriptor is "
                    "not /dev/net/tun", s->name, index);
         return false;
     }
+    /* A queue the guest disabled still names the device it belongs to */
     if (ioctl(q->fd, TUNGETIFF, &ifr) < 0) {
-        /* A queue the guest disabled is detached from its device */
-        if (errno == EBADFD && !q->enabled) {
-            return true;
-        }
         error_setg_errno(errp, errno, "netdev %s: queue %u: received file "
                          "descriptor is not attached to a TAP device",
                          s->name, index);
@@ -435,62 +659,67 @@ static bool tap_transfer_check_fd(TapTransferState *s, uint32_t index,
         return false;
     }
     if (strncmp(ifr.ifr_name, (char *)s->stream_ifname, IFNAMSIZ)) {
+        g_autofree char *ifname = tap_transfer_printable(s->stream_ifname,
+                                                         IFNAMSIZ);
+
         error_setg(errp, "netdev %s: queue %u: received TAP device is %s, "
-                   "expected %s", s->name, index, ifr.ifr_name,
-                   (char *)s->stream_ifname);
+                   "expected %s", s->name, index, ifr.ifr_name, ifname);
         return false;
     }
-    if (!!(ifr.ifr_flags & IFF_VNET_HDR) != !!q->host_vnet_hdr_len) {
-        error_setg(errp, "netdev %s: queue %u: vnet header of TAP device %s "
-                   "does not match the source's state", s->name, index,
-                   ifr.ifr_name);
+    if (!(ifr.ifr_flags & IFF_VNET_HDR)) {
+        hdr_len = 0;
+    } else if (ioctl(q->fd, TUNGETVNETHDRSZ, &hdr_len) < 0) {
+        error_setg_errno(errp, errno, "netdev %s: queue %u: cannot read the "
+                         "vnet header length of TAP device %s", s->name,
+                         index, ifr.ifr_name);
+        return false;
+    }
+    if (hdr_len != q->host_vnet_hdr_len) {
+        error_setg(errp, "netdev %s: queue %u: the source's state has a "
+                   "vnet header of %u bytes, TAP device %s one of %d",
+                   s->name, index, q->host_vnet_hdr_len, ifr.ifr_name,
+                   hdr_len);
         return false;
     }
     return true;
 }
 
-static bool tap_transfer_check_stream(TapTransferState *s, Error **errp)
+static bool tap_transfer_check_stream(TapTransfer *s, Error **errp)
 {
-    if ((uint32_t)s->stream_queues != s->queues) {
-        error_setg(errp, "netdev %s: the source has %d queues, this QEMU "
-                   "was configured with %u", s->name, s->stream_queues,
-                   s->queues);
-        return false;
-    }
-    if (s->stream_ifname[IFNAMSIZ - 1]) {
+    if (!memchr(s->stream_ifname, '\0', IFNAMSIZ) || !s->stream_ifname[0]) {
         error_setg(errp, "netdev %s: invalid TAP device name received",
                    s->name);
         return false;
     }
     if (s->opts->ifname &&
         strcmp(s->opts->ifname, (char *)s->stream_ifname)) {
+        g_autofree char *ifname = tap_transfer_printable(s->stream_ifname,
+                                                         IFNAMSIZ);
+
         error_setg(errp, "netdev %s: the source's TAP device is %s, this "
-                   "QEMU was configured with ifname=%s", s->name,
-                   (char *)s->stream_ifname, s->opts->ifname);
+                   "QEMU was configured with ifname=%s", s->name, ifname,
+                   s->opts->ifname);
         return false;
     }
-    for (int32_t i = 0; i < s->stream_queues; i++) {
+    for (uint32_t i = 0; i < s->queues; i++) {
         if (!tap_transfer_check_fd(s, i, &s->stream_queue[i], errp)) {
-            return false;
-        }
-    }
-    for (int32_t i = 0; s->stream_packets && i < s->stream_npackets; i++) {
-        if (s->stream_packets[i].queue >= s->queues) {
-            error_setg(errp, "netdev %s: received a packet for queue %u "
-                       "of %u", s->name, s->stream_packets[i].queue,
-                       s->queues);
             return false;
         }
     }
     return true;
 }
 
-static bool tap_transfer_adopt(TapTransferState *s, Error **errp)
+/*
+ * Give every queue client its received fd, or none at all: a queue that
+ * cannot be set up undoes those before it.  Nothing is read before the
+ * VM runs here.
+ */
+static bool tap_transfer_adopt(TapTransfer *s, Error **errp)
 {
-    ERRP_GUARD();
-    g_autofree char *default_downscript = NULL;
+    uint32_t i;
 
-    for (uint32_t i = 0; i < s->queues; i++) {
+    pstrcpy(s->ifname, sizeof(s->ifname), (char *)s->stream_ifname);
+    for (i = 0; i < s->queues; i++) {
         TapTransferQueue *q = &s->stream_queue[i];
         TapQueueState qs = {
             .enabled = q->enabled,
@@ -502,65 +731,62 @@ static bool tap_transfer_adopt(TapTransferState *s, Error **errp)
         };
         g_autofree char *vhostfd = NULL;
 
-        /* SCM_RIGHTS reception leaves it blocking */
+        /* The source's may have been made blocking by QEMU 10.0's channel */
         if (!g_unix_set_fd_nonblocking(q->fd, true, NULL)) {
-            error_setg_errno(errp, errno, "netdev %s: queue %u: cannot make "
-                             "the received file descriptor non-blocking",
-                             s->name, i);
-            return false;
+            error_setg_errno(errp, errno, "cannot make the received file "
+                             "descriptor non-blocking");
+            goto fail;
         }
         if (s->mgmt_vhostfds) {
+            /* tap.c's from here on, whatever happens */
             vhostfd = g_strdup_printf("%d", s->mgmt_vhostfds[i]);
             s->mgmt_vhostfds[i] = -1;
         }
+        tap_transfer_update_reading(s, i);
         if (!tap_adopt_fd(s->ncs[i], q->fd, &qs, s->opts, vhostfd, errp)) {
-            error_prepend(errp, "netdev %s: ", s->name);
-            return false;
+            goto fail;
         }
-        /* The client owns it now */
         q->fd = -1;
-        tap_set_suspended(s->ncs[i], true);
     }
-    s->adopted_idle = true;
-    pstrcpy(s->ifname, sizeof(s->ifname), (char *)s->stream_ifname);
-    if (s->stream_owns_downscript) {
-        tap_set_downscript(s->ncs[0],
-                           tap_transfer_downscript(s, &default_downscript),
-                           s->ifname);
-    }
-    s->attached = true;
-    tap_transfer_set_info(s, "adopted");
+    s->owns_downscript = s->stream_owns_downscript;
+    tap_transfer_set_phase(s, TAP_TRANSFER_IDLE);
     trace_tap_transfer_adopted(s->name, s->queues, s->ifname);
     return true;
+
+fail:
+    error_prepend(errp, "netdev %s: queue %u: ", s->name, i);
+    while (i-- > 0) {
+        s->stream_queue[i].fd = tap_detach_fd(s->ncs[i]);
+    }
+    return false;
 }
 
 static int tap_transfer_post_load(void *opaque, int version_id)
 {
-    TapTransferState *s = opaque;
+    TapTransfer *s = opaque;
     Error *local_err = NULL;
-    bool transfer = migrate_backend_transfer();
 
-    if (s->stream_id_len != strlen(s->name) ||
-        memcmp(s->stream_id, s->name, s->stream_id_len)) {
-        error_report("netdev %s: the source sent the state of netdev %.*s; "
-                     "tap-transfer netdevs must be created in the same order "
-                     "on both sides", s->name, (int)s->stream_id_len,
-                     (char *)s->stream_id);
+    if (memcmp(s->stream_id, s->name, s->stream_id_len)) {
+        g_autofree char *id = tap_transfer_printable(s->stream_id,
+                                                     s->stream_id_len);
+
+        error_report("netdev %s: the migration stream holds the state of "
+                     "netdev %s", s->name, id);
         goto fail;
     }
-    if (s->stream_transfer != transfer) {
-        error_report("netdev %s: backend-transfer is %s on the source and "
-                     "%s here; set it the same on both sides", s->name,
-                     s->stream_transfer ? "on" : "off",
-                     transfer ? "on" : "off");
-        goto fail;
-    }
-    if (!transfer) {
+    if (!s->stream_transfer) {
+        if (migrate_backend_transfer()) {
+            error_report("netdev %s: backend-transfer is off on the source "
+                         "and on here; set it the same on both sides",
+                         s->name);
+            goto fail;
+        }
+        tap_transfer_discard_stream(s);
         return 0;
     }
-    if (s->attached) {
-        error_report("netdev %s: already has a TAP device, cannot adopt the "
-                     "source's", s->name);
+    if (!s->stream_queue) {
+        error_report("netdev %s: the source hands its TAP over but sent no "
+                     "file descriptors", s->name);
         goto fail;
     }
     if (!tap_transfer_check_stream(s, &local_err) ||
@@ -568,23 +794,38 @@ static int tap_transfer_post_load(void *opaque, int version_id)
         error_report_err(local_err);
         goto fail;
     }
-    /* Older than anything in the TAP, so ahead of it in the NIC's queue */
-    tap_transfer_send_packets(s);
-    g_clear_pointer(&s->stream_queue, g_free);
-    s->stream_queues = 0;
+    /* Older than anything in the TAP: the NIC gets them first */
+    for (int32_t i = 0; s->stream_frames && i < s->stream_nframes; i++) {
+        TapTransferFrame *f = &s->stream_frames[i];
+
+        g_queue_push_tail(&s->held[f->queue], g_memdup2(f, sizeof(*f)));
+        f->data = NULL;
+    }
+    tap_transfer_discard_stream(s);
     return 0;
 
 fail:
-    tap_transfer_close_stream_fds(s);
-    tap_transfer_free_packets(s);
+    tap_transfer_discard_stream(s);
     return -EINVAL;
 }
 
-static bool tap_transfer_fds_needed(void *opaque)
+/*
+ * fds and frames come only in a handover that both sides agreed on:
+ * in any other stream they are refused before they are read.
+ */
+static bool tap_transfer_handover_agreed(TapTransfer *s, const char *what)
 {
-    TapTransferState *s = opaque;
-
-    return s->stream_transfer;
+    if (!s->stream_transfer) {
+        error_report("netdev %s: the stream carries %s, but backend-transfer "
+                     "is off on the source", s->name, what);
+        return false;
+    }
+    if (!migrate_backend_transfer()) {
+        error_report("netdev %s: backend-transfer is on on the source and "
+                     "off here; set it the same on both sides", s->name);
+        return false;
+    }
+    return true;
 }
 
 static const VMStateDescription vmstate_tap_transfer_queue = {
@@ -602,26 +843,50 @@ static const VMStateDescription vmstate_tap_transfer_queue = {
     },
 };
 
+static bool tap_transfer_fds_needed(void *opaque)
+{
+    TapTransfer *s = opaque;
+
+    return s->stream_transfer;
+}
+
 static int tap_transfer_fds_pre_load(void *opaque)
 {
-    TapTransferState *s = opaque;
+    TapTransfer *s = opaque;
 
-    /* Nothing may be left from an earlier, failed load */
-    tap_transfer_close_stream_fds(s);
+    if (!tap_transfer_handover_agreed(s, "TAP file descriptors")) {
+        return -EINVAL;
+    }
+    if (s->phase != TAP_TRANSFER_AWAITING || s->stream_queue) {
+        error_report("netdev %s: already has a TAP device, cannot adopt the "
+                     "source's", s->name);
+        return -EINVAL;
+    }
+    /* Loaded in place once their count is known to match */
+    s->stream_queue = g_new0(TapTransferQueue, s->queues);
+    for (uint32_t i = 0; i < s->queues; i++) {
+        s->stream_queue[i].fd = -1;
+    }
     s->stream_has_tunnel = false;
     return 0;
 }
 
 static bool tap_transfer_queue_count_valid(void *opaque, int version_id)
 {
-    TapTransferState *s = opaque;
+    TapTransfer *s = opaque;
 
-    return s->stream_queues > 0 && s->stream_queues <= TAP_TRANSFER_MAX_QUEUES;
+    if (s->stream_queues != s->queues) {
+        error_report("netdev %s: the source has %d queues, this QEMU was "
+                     "configured with %u", s->name, s->stream_queues,
+                     s->queues);
+        return false;
+    }
+    return true;
 }
 
 static bool tap_transfer_tunnel_needed(void *opaque)
 {
-    TapTransferState *s = opaque;
+    TapTransfer *s = opaque;
 
     return s->stream_has_tunnel;
 }
@@ -637,7 +902,7 @@ static const VMStateDescription vmstate_tap_transfer_tunnel = {
     .minimum_version_id = 1,
     .needed = tap_transfer_tunnel_needed,
     .fields = (const VMStateField[]) {
-        VMSTATE_BOOL(stream_has_tunnel, TapTransferState),
+        VMSTATE_BOOL(stream_has_tunnel, TapTransfer),
         VMSTATE_END_OF_LIST()
     },
 };
@@ -649,14 +914,14 @@ static const VMStateDescription vmstate_tap_transfer_fds = {
     .needed = tap_transfer_fds_needed,
     .pre_load = tap_transfer_fds_pre_load,
     .fields = (const VMStateField[]) {
-        VMSTATE_BUFFER(stream_ifname, TapTransferState),
-        VMSTATE_BOOL(stream_owns_downscript, TapTransferState),
-        VMSTATE_INT32(stream_queues, TapTransferState),
+        VMSTATE_BUFFER(stream_ifname, TapTransfer),
+        VMSTATE_BOOL(stream_owns_downscript, TapTransfer),
+        VMSTATE_INT32(stream_queues, TapTransfer),
         VMSTATE_VALIDATE("queue count", tap_transfer_queue_count_valid),
-        VMSTATE_STRUCT_VARRAY_ALLOC(stream_queue, TapTransferState,
-                                    stream_queues, 1,
-                                    vmstate_tap_transfer_queue,
-                                    TapTransferQueue),
+        VMSTATE_STRUCT_VARRAY_POINTER_INT32(stream_queue, TapTransfer,
+                                            stream_queues,
+                                            vmstate_tap_transfer_queue,
+                                            TapTransferQueue),
         VMSTATE_END_OF_LIST()
     },
     .subsections = (const VMStateDescription * const []) {
@@ -665,63 +930,125 @@ static const VMStateDescription vmstate_tap_transfer_fds = {
     },
 };
 
-static bool tap_transfer_packet_size_valid(void *opaque, int version_id)
+static bool tap_transfer_frame_queue_valid(void *opaque, int version_id)
 {
-    TapTransferPacket *p = opaque;
+    TapTransferFrame *f = opaque;
 
-    return p->size > 0 && p->size <= NET_BUFSIZE;
+    if (f->queue >= f->owner->queues) {
+        error_report("netdev %s: received a frame for queue %u of %u",
+                     f->owner->name, f->queue, f->owner->queues);
+        return false;
+    }
+    return true;
 }
 
-static const VMStateDescription vmstate_tap_transfer_packet = {
+static bool tap_transfer_frame_size_valid(void *opaque, int version_id)
+{
+    TapTransferFrame *f = opaque;
+
+    if (!f->size || f->size > NET_BUFSIZE) {
+        error_report("netdev %s: received a frame of %u bytes, not 1 to %d",
+                     f->owner->name, f->size, NET_BUFSIZE);
+        return false;
+    }
+    return true;
+}
+
+static const VMStateDescription vmstate_tap_transfer_frame = {
     .name = "tap-transfer/packet",
     .version_id = 1,
     .minimum_version_id = 1,
     .fields = (const VMStateField[]) {
-        VMSTATE_UINT32(queue, TapTransferPacket),
-        VMSTATE_UINT32(size, TapTransferPacket),
-        VMSTATE_VALIDATE("packet size", tap_transfer_packet_size_valid),
-        VMSTATE_VBUFFER_ALLOC_UINT32(data, TapTransferPacket, 0, NULL, size),
+        VMSTATE_UINT32(queue, TapTransferFrame),
+        VMSTATE_VALIDATE("frame queue", tap_transfer_frame_queue_valid),
+        VMSTATE_UINT32(size, TapTransferFrame),
+        VMSTATE_VALIDATE("frame size", tap_transfer_frame_size_valid),
+        VMSTATE_VBUFFER_ALLOC_UINT32(data, TapTransferFrame, 0, NULL, size),
         VMSTATE_END_OF_LIST()
     },
 };
 
-static bool tap_transfer_packets_needed(void *opaque)
+static bool tap_transfer_frames_needed(void *opaque)
 {
-    TapTransferState *s = opaque;
+    TapTransfer *s = opaque;
 
-    return s->stream_transfer && s->stream_npackets > 0;
+    return s->stream_transfer && s->stream_nframes > 0;
 }
 
-static int tap_transfer_packets_pre_load(void *opaque)
+static int tap_transfer_frames_pre_load(void *opaque)
 {
-    tap_transfer_free_packets(opaque);
+    TapTransfer *s = opaque;
+
+    if (!tap_transfer_handover_agreed(s, "held frames")) {
+        return -EINVAL;
+    }
+    if (!s->stream_queue || s->stream_frames) {
+        error_report("netdev %s: the stream carries held frames without "
+                     "the TAP they were read from", s->name);
+        return -EINVAL;
+    }
     return 0;
 }
 
-static bool tap_transfer_packet_count_valid(void *opaque, int version_id)
+/*
+ * Loading, this sizes the array of frames once their count is known to
+ * be possible; saving, pre_save made it.
+ */
+static bool tap_transfer_frame_count_valid(void *opaque, int version_id)
 {
-    TapTransferState *s = opaque;
+    TapTransfer *s = opaque;
+    int64_t max = (int64_t)s->queues * TAP_TRANSFER_MAX_FRAMES_PER_QUEUE;
 
-    return s->stream_npackets > 0 &&
-           s->stream_npackets <= TAP_TRANSFER_MAX_PACKETS;
+    if (s->stream_nframes <= 0 || s->stream_nframes > max) {
+        error_report("netdev %s: the source holds %d frames, not 1 to %"
+                     PRId64, s->name, s->stream_nframes, max);
+        return false;
+    }
+    if (s->stream_frames) {
+        return true;
+    }
+    s->stream_frames = g_new0(TapTransferFrame, s->stream_nframes);
+    for (int32_t i = 0; i < s->stream_nframes; i++) {
+        s->stream_frames[i].owner = s;
+    }
+    return true;
 }
 
-static const VMStateDescription vmstate_tap_transfer_packets = {
+static const VMStateDescription vmstate_tap_transfer_frames = {
     .name = "tap-transfer/packets",
     .version_id = 1,
     .minimum_version_id = 1,
-    .needed = tap_transfer_packets_needed,
-    .pre_load = tap_transfer_packets_pre_load,
+    .needed = tap_transfer_frames_needed,
+    .pre_load = tap_transfer_frames_pre_load,
     .fields = (const VMStateField[]) {
-        VMSTATE_INT32(stream_npackets, TapTransferState),
-        VMSTATE_VALIDATE("packet count", tap_transfer_packet_count_valid),
-        VMSTATE_STRUCT_VARRAY_ALLOC(stream_packets, TapTransferState,
-                                    stream_npackets, 1,
-                                    vmstate_tap_transfer_packet,
-                                    TapTransferPacket),
+        VMSTATE_INT32(stream_nframes, TapTransfer),
+        VMSTATE_VALIDATE("frame count", tap_transfer_frame_count_valid),
+        VMSTATE_STRUCT_VARRAY_POINTER_INT32(stream_frames, TapTransfer,
+                                            stream_nframes,
+                                            vmstate_tap_transfer_frame,
+                                            TapTransferFrame),
         VMSTATE_END_OF_LIST()
     },
 };
+
+static int tap_transfer_pre_load(void *opaque)
+{
+    /* Nothing may be left from an earlier, failed load */
+    tap_transfer_discard_stream(opaque);
+    return 0;
+}
+
+static bool tap_transfer_id_len_valid(void *opaque, int version_id)
+{
+    TapTransfer *s = opaque;
+
+    if (s->stream_id_len != strlen(s->name)) {
+        error_report("netdev %s: the migration stream holds the state of "
+                     "another netdev", s->name);
+        return false;
+    }
+    return true;
+}
 
 static const VMStateDescription vmstate_tap_transfer = {
     .name = "tap-transfer",
@@ -729,24 +1056,26 @@ static const VMStateDescription vmstate_tap_transfer = {
     .minimum_version_id = 1,
     .pre_save = tap_transfer_pre_save,
     .post_save = tap_transfer_post_save,
+    .pre_load = tap_transfer_pre_load,
     .post_load = tap_transfer_post_load,
     .fields = (const VMStateField[]) {
-        VMSTATE_UINT32(stream_id_len, TapTransferState),
-        VMSTATE_VBUFFER_ALLOC_UINT32(stream_id, TapTransferState, 0, NULL,
+        VMSTATE_UINT32(stream_id_len, TapTransfer),
+        VMSTATE_VALIDATE("netdev id", tap_transfer_id_len_valid),
+        VMSTATE_VBUFFER_ALLOC_UINT32(stream_id, TapTransfer, 0, NULL,
                                      stream_id_len),
-        VMSTATE_BOOL(stream_transfer, TapTransferState),
+        VMSTATE_BOOL(stream_transfer, TapTransfer),
         VMSTATE_END_OF_LIST()
     },
     .subsections = (const VMStateDescription * const []) {
         &vmstate_tap_transfer_fds,
-        &vmstate_tap_transfer_packets,
+        &vmstate_tap_transfer_frames,
         NULL
     },
 };
 
 /* Attaching a TAP of our own: at start-up, or on a destination */
 
-static bool tap_transfer_attach_own(TapTransferState *s, Error **errp)
+static bool tap_transfer_attach_own(TapTransfer *s, Error **errp)
 {
     ERRP_GUARD();
     const NetdevTapOptions *opts = s->opts;
@@ -789,17 +1118,18 @@ static bool tap_transfer_attach_own(TapTransferState *s, Error **errp)
         if (!tap_attach_fd(s->ncs[i], opts, vhostfd, fd, vnet_hdr, errp)) {
             return false;
         }
-        if (i == 0 && tap_fd_get_ifname(fd, ifname) == 0 && !s->mgmt_fds) {
-            g_autofree char *default_downscript = NULL;
-
-            tap_set_downscript(s->ncs[0],
-                               tap_transfer_downscript(s, &default_downscript),
-                               ifname);
+        if (i == 0 && tap_fd_get_ifname(fd, ifname)) {
+            ifname[0] = '\0';
         }
     }
     pstrcpy(s->ifname, sizeof(s->ifname), ifname);
-    s->attached = true;
-    tap_transfer_set_info(s, "own");
+    /* As -netdev tap: a TAP that management passed is management's */
+    s->owns_downscript = !s->mgmt_fds && s->ifname[0];
+    tap_transfer_arm_downscript(s, true);
+    tap_transfer_set_phase(s, TAP_TRANSFER_OWN);
+    for (uint32_t i = 0; i < s->queues; i++) {
+        tap_transfer_update_reading(s, i);
+    }
     trace_tap_transfer_attached(s->name, s->queues, s->ifname);
     return true;
 }
@@ -812,12 +1142,12 @@ static bool tap_transfer_attach_own(TapTransferState *s, Error **errp)
 static int tap_transfer_load_setup(QEMUFile *f, void *opaque, Error **errp)
 {
     ERRP_GUARD();
-    TapTransferState *s = opaque;
+    TapTransfer *s = opaque;
 
     trace_tap_transfer_load_setup(s->name, migrate_backend_transfer());
-    if (s->attached || migrate_backend_transfer()) {
+    if (s->phase != TAP_TRANSFER_AWAITING || migrate_backend_transfer()) {
         /* Management's fds are for a new TAP, which we do not want */
-        tap_transfer_close_fds(s->mgmt_fds, s->queues);
+        tap_transfer_close_fds(s->mgmt_fds, s->n_mgmt_fds);
         return 0;
     }
     if (!tap_transfer_attach_own(s, errp)) {
@@ -827,8 +1157,33 @@ static int tap_transfer_load_setup(QEMUFile *f, void *opaque, Error **errp)
     return 0;
 }
 
+/*
+ * The incoming migration is over.  If the load failed, the VM has no
+ * run state yet: a TAP adopted before it failed is the source's alone
+ * again, as are the frames that came with it.
+ */
+static int tap_transfer_load_cleanup(void *opaque)
+{
+    TapTransfer *s = opaque;
+
+    tap_transfer_discard_stream(s);
+    if (!runstate_check(RUN_STATE_INMIGRATE) ||
+        s->phase != TAP_TRANSFER_IDLE) {
+        return 0;
+    }
+    for (uint32_t i = 0; i < s->queues; i++) {
+        close(tap_detach_fd(s->ncs[i]));
+        g_queue_clear_full(&s->held[i], tap_transfer_frame_free);
+    }
+    s->owns_downscript = false;
+    tap_transfer_set_phase(s, TAP_TRANSFER_AWAITING);
+    trace_tap_transfer_give_back(s->name);
+    return 0;
+}
+
 static const SaveVMHandlers savevm_tap_transfer_handlers = {
     .load_setup = tap_transfer_load_setup,
+    .load_cleanup = tap_transfer_load_cleanup,
 };
 
 /* Creation */
@@ -898,6 +1253,7 @@ static bool tap_transfer_resolve_fdsets(NetdevTapOptions *opts,
     return true;
 }
 
+/* What -netdev tap refuses, refused the same way on either path */
 static bool tap_transfer_check_options(const NetdevTapOptions *opts,
                                        NetClientState *peer, Error **errp)
 {
@@ -911,12 +1267,12 @@ static bool tap_transfer_check_options(const NetdevTapOptions *opts,
                    "use -netdev");
         return false;
     }
-    if (opts->fd && (opts->fds || opts->has_queues)) {
-        error_setg(errp, "fds= and queues= are invalid with fd=");
+    if (opts->fd && (opts->fds || opts->has_queues || opts->vhostfds)) {
+        error_setg(errp, "fds=, queues= and vhostfds= are invalid with fd=");
         return false;
     }
-    if (opts->fds && opts->has_queues) {
-        error_setg(errp, "queues= is invalid with fds=");
+    if (opts->fds && (opts->has_queues || opts->vhostfd)) {
+        error_setg(errp, "queues= and vhostfd= are invalid with fds=");
         return false;
     }
     if ((opts->fd || opts->fds) &&
@@ -936,6 +1292,11 @@ static bool tap_transfer_check_options(const NetdevTapOptions *opts,
         error_setg(errp, "vhostfds= is invalid if fds= wasn't specified");
         return false;
     }
+    if (opts->vhostfd && opts->has_queues && opts->queues > 1) {
+        error_setg(errp, "vhostfd= is invalid with more than one queue; "
+                   "use fds= and vhostfds=");
+        return false;
+    }
     return true;
 }
 
@@ -945,34 +1306,31 @@ static bool tap_transfer_check_options(const NetdevTapOptions *opts,
  * says whether the source's arrive.  fds that management passed are
  * taken now, while the monitor that passed them is current.
  */
-static bool tap_transfer_init_incoming(TapTransferState *s, Error **errp)
+static bool tap_transfer_init_incoming(TapTransfer *s, Error **errp)
 {
     const NetdevTapOptions *opts = s->opts;
     int vnet_hdr = opts->has_vnet_hdr ? opts->vnet_hdr : 1;
-    uint32_t nvhostfds;
 
     if (opts->fd || opts->fds) {
-        uint32_t nfds;
-
-        s->mgmt_fds = tap_transfer_take_fds(opts->fd ?: opts->fds, &nfds,
-                                            errp);
+        s->mgmt_fds = tap_transfer_take_fds(opts->fd ?: opts->fds,
+                                            &s->n_mgmt_fds, errp);
         if (!s->mgmt_fds) {
             return false;
         }
-        s->queues = nfds;
+        s->queues = s->n_mgmt_fds;
         vnet_hdr = tap_probe_vnet_hdr(s->mgmt_fds[0], errp);
         if (vnet_hdr < 0) {
             return false;
         }
     }
     if (opts->vhostfd || opts->vhostfds) {
-        const char *names = opts->vhostfd ?: opts->vhostfds;
-
-        s->mgmt_vhostfds = tap_transfer_take_fds(names, &nvhostfds, errp);
+        s->mgmt_vhostfds = tap_transfer_take_fds(opts->vhostfd ?:
+                                                 opts->vhostfds,
+                                                 &s->n_mgmt_vhostfds, errp);
         if (!s->mgmt_vhostfds) {
             return false;
         }
-        if (nvhostfds != s->queues) {
+        if (s->n_mgmt_vhostfds != s->queues) {
             error_setg(errp, "the number of vhostfds passed does not match "
                        "the number of queues");
             return false;
@@ -986,11 +1344,11 @@ static bool tap_transfer_init_incoming(TapTransferState *s, Error **errp)
     if (opts->ifname) {
         pstrcpy(s->ifname, sizeof(s->ifname), opts->ifname);
     }
-    tap_transfer_set_info(s, "awaiting migration");
+    tap_transfer_set_phase(s, TAP_TRANSFER_AWAITING);
     return true;
 }
 
-static bool tap_transfer_init_running(TapTransferState *s, Error **errp)
+static bool tap_transfer_init_running(TapTransfer *s, Error **errp)
 {
     ERRP_GUARD();
     NetClientState *ncs[TAP_TRANSFER_MAX_QUEUES];
@@ -1010,42 +1368,69 @@ static bool tap_transfer_init_running(TapTransferState *s, Error **errp)
     if (tap_fd_get_ifname(tap_get_fd(ncs[0]), s->ifname)) {
         s->ifname[0] = '\0';
     }
-    s->owned_downscript = tap_has_downscript(ncs[0]);
-    s->attached = true;
-    tap_transfer_set_info(s, "own");
+    /* tap.c armed it if it is to run: a TAP passed as fd= has none */
+    s->owns_downscript = tap_has_downscript(ncs[0]);
+    tap_transfer_set_phase(s, TAP_TRANSFER_OWN);
     return true;
 }
 
-static void tap_transfer_free(TapTransferState *s)
+static char *tap_transfer_setup_idstr(TapTransfer *s)
 {
-    tap_transfer_close_fds(s->mgmt_fds, s->queues);
-    tap_transfer_close_fds(s->mgmt_vhostfds, s->queues);
-    g_free(s->mgmt_fds);
-    g_free(s->mgmt_vhostfds);
-    qapi_free_NetdevTapOptions(s->opts);
-    g_free(s->ncs);
-    g_free(s->name);
-    g_free(s);
+    return g_strdup_printf("netdev/%s/tap-transfer-setup", s->name);
 }
 
+/*
+ * The section is named after the netdev id, so that it finds its netdev
+ * whatever order either side created them in.  Registered before any
+ * -device, it loads before the NIC's, and the NIC finds its backend
+ * complete.
+ */
+static bool tap_transfer_register_state(TapTransfer *s, Error **errp)
+{
+    g_autofree char *setup_idstr = tap_transfer_setup_idstr(s);
+
+    if (vmstate_register_with_alias_id(VMSTATE_IF(s), VMSTATE_INSTANCE_ID_ANY,
+                                       &vmstate_tap_transfer, s, -1, 0,
+                                       errp) < 0) {
+        return false;
+    }
+    register_savevm_live(setup_idstr, VMSTATE_INSTANCE_ID_ANY, 1,
+                         &savevm_tap_transfer_handlers, s);
+    s->vm_change = qemu_add_vm_change_state_handler_prio(
+        tap_transfer_vm_change, s, TAP_TRANSFER_VM_CHANGE_PRIO);
+    migration_add_notifier_mode(&s->migration_normal,
+                                tap_transfer_migration_normal,
+                                MIG_MODE_NORMAL);
+    migration_add_notifier_mode(&s->migration_cpr,
+                                tap_transfer_migration_cpr,
+                                MIG_MODE_CPR_TRANSFER);
+    QTAILQ_INSERT_TAIL(&tap_transfers, s, next);
+    return true;
+}
+
+static Object *tap_transfer_container(void)
+{
+    Object *root = object_get_root();
+    Object *container = object_resolve_path_component(root,
+                                                      TAP_TRANSFER_CONTAINER);
+
+    return container ?:
+           object_property_add_new_container(root, TAP_TRANSFER_CONTAINER);
+}
+
+/* The clients go away, by netdev_del or at exit: so does the state */
 static void tap_transfer_cleanup(Notifier *notifier, void *data)
 {
-    TapTransferState *s = container_of(notifier, TapTransferState, cleanup);
+    TapTransfer *s = container_of(notifier, TapTransfer, cleanup);
 
-    vmstate_unregister(NULL, &vmstate_tap_transfer, s);
-    unregister_savevm(NULL, "tap-transfer-setup", s);
-    qemu_del_vm_change_state_handler(s->vm_change);
-    tap_transfer_close_stream_fds(s);
-    tap_transfer_free_packets(s);
-    g_free(s->stream_id);
-    tap_transfer_free(s);
+    object_unparent(OBJECT(s));
 }
 
 static int net_init_tap_transfer(const Netdev *netdev, const char *name,
                                  NetClientState *peer, Error **errp)
 {
     const NetdevTapOptions *opts = &netdev->u.tap_transfer;
-    TapTransferState *s;
+    TapTransfer *s;
     bool ok;
 
     assert(netdev->type == NET_CLIENT_DRIVER_TAP_TRANSFER);
@@ -1053,40 +1438,40 @@ static int net_init_tap_transfer(const Netdev *netdev, const char *name,
         return -1;
     }
 
-    s = g_new0(TapTransferState, 1);
+    s = TAP_TRANSFER(object_new(TYPE_TAP_TRANSFER));
     s->name = g_strdup(name);
     s->opts = QAPI_CLONE(NetdevTapOptions, opts);
     s->queues = opts->has_queues ? opts->queues : 1;
-    if (!tap_transfer_resolve_fdsets(s->opts, errp)) {
-        tap_transfer_free(s);
-        return -1;
-    }
+    s->vm_running = runstate_is_running();
 
-    if (runstate_check(RUN_STATE_INMIGRATE)) {
+    if (!tap_transfer_resolve_fdsets(s->opts, errp)) {
+        ok = false;
+    } else if (runstate_check(RUN_STATE_INMIGRATE)) {
         ok = tap_transfer_init_incoming(s, errp);
     } else {
         ok = tap_transfer_init_running(s, errp);
     }
+    if (ok) {
+        s->held = g_new0(GQueue, s->queues);
+        s->releasing = g_new0(bool, s->queues);
+        ok = object_property_try_add_child(tap_transfer_container(), name,
+                                           OBJECT(s), errp) &&
+             tap_transfer_register_state(s, errp);
+    }
     if (!ok) {
         for (uint32_t i = 0; s->ncs && i < s->queues; i++) {
             if (s->ncs[i]) {
+                /* Every queue of the netdev goes with it */
                 qemu_del_net_client(s->ncs[i]);
                 break;
             }
         }
-        tap_transfer_free(s);
+        object_unparent(OBJECT(s));
+        object_unref(OBJECT(s));
         return -1;
     }
+    object_unref(OBJECT(s));
 
-    /*
-     * Registered now, before any -device, so that the section loads
-     * before the NIC's and the NIC finds its backend complete.
-     */
-    vmstate_register(NULL, VMSTATE_INSTANCE_ID_ANY, &vmstate_tap_transfer, s);
-    register_savevm_live("tap-transfer-setup", VMSTATE_INSTANCE_ID_ANY, 1,
-                         &savevm_tap_transfer_handlers, s);
-    s->vm_change = qemu_add_vm_change_state_handler_prio(
-        tap_transfer_vm_change, s, TAP_TRANSFER_VM_CHANGE_PRIO);
     s->cleanup.notify = tap_transfer_cleanup;
     tap_add_cleanup_notifier(s->ncs[0], &s->cleanup);
     trace_tap_transfer_init(name, s->queues,
@@ -1094,8 +1479,111 @@ static int net_init_tap_transfer(const Netdev *netdev, const char *name,
     return 0;
 }
 
+/* QOM */
+
+static char *tap_transfer_get_ifname(Object *obj, Error **errp)
+{
+    return g_strdup(TAP_TRANSFER(obj)->ifname);
+}
+
+static int tap_transfer_get_state(Object *obj, Error **errp)
+{
+    return TAP_TRANSFER(obj)->phase;
+}
+
+static void tap_transfer_get_queues(Object *obj, Visitor *v,
+                                    const char *name, void *opaque,
+                                    Error **errp)
+{
+    uint32_t queues = TAP_TRANSFER(obj)->queues;
+
+    visit_type_uint32(v, name, &queues, errp);
+}
+
+static void tap_transfer_get_frames_held(Object *obj, Visitor *v,
+                                         const char *name, void *opaque,
+                                         Error **errp)
+{
+    uint32_t held = tap_transfer_frames_held(TAP_TRANSFER(obj));
+
+    visit_type_uint32(v, name, &held, errp);
+}
+
+static char *tap_transfer_get_id(VMStateIf *obj)
+{
+    return g_strdup_printf("netdev/%s", TAP_TRANSFER(obj)->name);
+}
+
+static void tap_transfer_finalize(Object *obj)
+{
+    TapTransfer *s = TAP_TRANSFER(obj);
+
+    if (s->vm_change) {
+        g_autofree char *setup_idstr = tap_transfer_setup_idstr(s);
+
+        vmstate_unregister(VMSTATE_IF(s), &vmstate_tap_transfer, s);
+        unregister_savevm(NULL, setup_idstr, s);
+        qemu_del_vm_change_state_handler(s->vm_change);
+        migration_remove_notifier(&s->migration_normal);
+        migration_remove_notifier(&s->migration_cpr);
+        QTAILQ_REMOVE(&tap_transfers, s, next);
+    }
+    tap_transfer_discard_stream(s);
+    for (uint32_t i = 0; s->held && i < s->queues; i++) {
+        g_queue_clear_full(&s->held[i], tap_transfer_frame_free);
+    }
+    g_free(s->held);
+    g_free(s->releasing);
+    tap_transfer_close_fds(s->mgmt_fds, s->n_mgmt_fds);
+    tap_transfer_close_fds(s->mgmt_vhostfds, s->n_mgmt_vhostfds);
+    g_free(s->mgmt_fds);
+    g_free(s->mgmt_vhostfds);
+    qapi_free_NetdevTapOptions(s->opts);
+    g_free(s->ncs);
+    g_free(s->name);
+}
+
+static void tap_transfer_class_init(ObjectClass *oc,
+                                    TapTransferClassData *data)
+{
+    VMStateIfClass *vc = VMSTATE_IF_CLASS(oc);
+
+    vc->get_id = tap_transfer_get_id;
+    object_class_property_add_str(oc, "ifname", tap_transfer_get_ifname,
+                                  NULL);
+    object_class_property_set_description(oc, "ifname",
+        "the TAP device");
+    object_class_property_add(oc, "queues", "uint32",
+                              tap_transfer_get_queues, NULL, NULL, NULL);
+    object_class_property_set_description(oc, "queues",
+        "the TAP device's queues this netdev uses");
+    object_class_property_add_enum(oc, "state", "TapTransferState",
+                                   &tap_transfer_phase_lookup,
+                                   tap_transfer_get_state, NULL);
+    object_class_property_set_description(oc, "state",
+        "awaiting (incoming, no TAP yet), own, idle (adopted, not read "
+        "until the VM runs), adopted or handed-over");
+    object_class_property_add(oc, "frames-held", "uint32",
+                              tap_transfer_get_frames_held, NULL, NULL, NULL);
+    object_class_property_set_description(oc, "frames-held",
+        "frames read from the TAP that wait for the guest");
+}
+
+static const TypeInfo tap_transfer_info = {
+    .name = TYPE_TAP_TRANSFER,
+    .parent = TYPE_OBJECT,
+    .instance_size = sizeof(TapTransfer),
+    .instance_finalize = tap_transfer_finalize,
+    .class_init = tap_transfer_class_init,
+    .interfaces = (InterfaceInfo[]) {
+        { TYPE_VMSTATE_IF },
+        { }
+    },
+};
+
 static void tap_transfer_register(void)
 {
+    type_register_static(&tap_transfer_info);
     net_client_driver_register(NET_CLIENT_DRIVER_TAP_TRANSFER,
                                net_init_tap_transfer);
 }
