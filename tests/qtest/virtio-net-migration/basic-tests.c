@@ -1,0 +1,145 @@
+/*
+ * virtio-net-migration-test, without migration: frames both ways,
+ * multiqueue, -netdev help and the errors before a TAP exists
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/un.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+#include "qemu/bswap.h"
+#include "qemu/cutils.h"
+#include "qobject/qdict.h"
+#include "qobject/qlist.h"
+#include "libqos/virtio.h"
+#include "migration/migration-qmp.h"
+#include "migration/migration-util.h"
+#include "tap-transfer-compat.h"
+#include "framework.h"
+
+/* Tests without migration */
+
+static void test_module_missing(void)
+{
+    const char *qemu = g_getenv("QTEST_QEMU_BINARY");
+    g_autofree char *lonely = g_build_filename(tmpdir, "qemu-no-modules",
+                                               NULL);
+    g_autofree char *err = NULL;
+    const char *args[] = {
+        "-M", "none", "-display", "none",
+        "-netdev", "tap-transfer,id=n0,ifname=tt9", NULL
+    };
+
+    g_assert_nonnull(qemu);
+    /* Same binary, in a directory with no modules next to it */
+    if (link(qemu, lonely) < 0) {
+        g_autofree char *contents = NULL;
+        gsize len;
+
+        g_assert_true(g_file_get_contents(qemu, &contents, &len, NULL));
+        g_assert_true(g_file_set_contents(lonely, contents, len, NULL));
+        g_assert_cmpint(chmod(lonely, 0755), ==, 0);
+    }
+    g_assert_false(run_qemu(NULL, lonely, args, NULL, &err));
+    unlink(lonely);
+
+    g_assert_nonnull(strstr(err, "network backend 'tap-transfer' is not "
+                            "available: module 'net-tap-transfer' not found"));
+    assert_one_line(err);
+}
+
+static void test_netdev_help(void)
+{
+    g_autofree char *out = NULL;
+    const char *args[] = { "-netdev", "help", NULL };
+
+    g_assert_true(run_qemu(NULL, g_getenv("QTEST_QEMU_BINARY"), args, &out,
+                           NULL));
+    g_assert_nonnull(strstr(out, "\ntap-transfer\n"));
+}
+
+static void test_bad_options(void)
+{
+    g_autofree char *err = NULL;
+    const char *args[] = {
+        "-M", "none", "-display", "none",
+        "-netdev", "tap-transfer,id=n0,helper=/bin/true", NULL
+    };
+
+    g_assert_false(run_qemu(NULL, g_getenv("QTEST_QEMU_BINARY"), args, NULL,
+                            &err));
+    g_assert_nonnull(strstr(err, "helper= and br= are not supported by "
+                            "tap-transfer"));
+    assert_one_line(err);
+}
+
+static void test_rx_tx(void)
+{
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    check_traffic(&vm.nic, vm.sock, 0, "plain");
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+static void test_multiqueue(void)
+{
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, "ifname=tt0,queues=4,script=no,downscript=no", 4, NULL);
+    g_assert_cmpuint(count_tun_fds(qtest_pid(vm.qts)), ==, 4);
+
+    /*
+     * The kernel steers host-to-guest frames by flow; with one flow they
+     * all take one queue.  Guest-to-host works per queue.
+     */
+    for (int pair = 0; pair < 4; pair++) {
+        g_autofree char *tx = g_strdup_printf("mq-tx-%d", pair);
+
+        nic_tx(&vm.nic, pair, tx);
+        host_expect(vm.sock, tx);
+    }
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+/* The destination needs no network privilege to adopt the TAP */
+static void test_unprivileged_open(void)
+{
+    g_autofree char *err = NULL;
+    const char *setpriv[] = { "setpriv", "--bounding-set=-all", NULL };
+    const char *args[] = {
+        "-M", "none", "-display", "none",
+        "-netdev", "tap-transfer,id=n0,ifname=tt9,script=no,downscript=no",
+        NULL
+    };
+
+    if (!need_tap()) {
+        return;
+    }
+    g_assert_false(run_qemu(setpriv, g_getenv("QTEST_QEMU_BINARY"), args,
+                            NULL, &err));
+    g_assert_nonnull(strstr(err, "netdev n0: this QEMU lacks CAP_NET_ADMIN"));
+    assert_one_line(err);
+}
+
+void tap_transfer_add_basic_tests(void)
+{
+    qtest_add_func("/tap-transfer/module-missing", test_module_missing);
+    qtest_add_func("/tap-transfer/netdev-help", test_netdev_help);
+    qtest_add_func("/tap-transfer/bad-options", test_bad_options);
+    qtest_add_func("/tap-transfer/rx-tx", test_rx_tx);
+    qtest_add_func("/tap-transfer/multiqueue", test_multiqueue);
+    qtest_add_func("/tap-transfer/unprivileged-open", test_unprivileged_open);
+}

@@ -1,0 +1,254 @@
+/*
+ * virtio-net-migration-test, management's ways: TAP queues passed as fds=,
+ * on the command line or at run time, fd: migration channels, fd sets
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/un.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+#include "qemu/bswap.h"
+#include "qemu/cutils.h"
+#include "qobject/qdict.h"
+#include "qobject/qlist.h"
+#include "libqos/virtio.h"
+#include "migration/migration-qmp.h"
+#include "migration/migration-util.h"
+#include "tap-transfer-compat.h"
+#include "framework.h"
+
+/*
+ * Management software opens the TAP itself and passes its queues in,
+ * creates netdevs and NICs at run time, and hands QEMU the migration
+ * channel as an fd.
+ */
+enum { MGMT_QUEUES = 4 };
+
+/*
+ * Management opens queue after queue of the multiqueue TAP tt0, to be
+ * inherited by the next QEMU, or (@cloexec) passed with getfd.
+ */
+static void mgmt_open_tap(int *fds, bool cloexec)
+{
+    for (int i = 0; i < MGMT_QUEUES; i++) {
+        struct ifreq ifr = {
+            .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE,
+        };
+
+        fds[i] = open("/dev/net/tun", O_RDWR | (cloexec ? O_CLOEXEC : 0));
+        g_assert_cmpint(fds[i], >=, 0);
+        pstrcpy(ifr.ifr_name, IFNAMSIZ, "tt0");
+        g_assert_cmpint(ioctl(fds[i], TUNSETIFF, &ifr), ==, 0);
+    }
+}
+
+static void mgmt_getfd(QTestState *qts, int fd, const char *name)
+{
+    qtest_qmp_fds_assert_success(qts, &fd, 1,
+                                 "{ 'execute': 'getfd',"
+                                 "  'arguments': { 'fdname': %s } }", name);
+}
+
+/*
+ * A QEMU with the NIC on netdev n0, on management's @fds if any, else
+ * just told the queue count.  On the command line the fds are
+ * inherited; at run time they come with getfd, as q0..q3.
+ */
+static QTestState *mgmt_start(const int *fds, bool runtime, bool incoming)
+{
+    const char *mq = "mq=on,vectors=10";
+    g_autofree char *netdev = NULL;
+    QTestState *qts;
+    QDict *args;
+
+    if (!runtime) {
+        netdev = fds ? g_strdup_printf("fds=%d:%d:%d:%d", fds[0], fds[1],
+                                       fds[2], fds[3]) :
+                       g_strdup_printf("queues=%d", MGMT_QUEUES);
+        return qtest_initf("-M pc -m 64 -nodefaults %s -netdev "
+                           "tap-transfer,id=n0,%s -device virtio-net-pci,"
+                           "netdev=n0,addr=04.0,mac=" GUEST_MAC ",%s",
+                           incoming ? "-incoming defer" : "", netdev, mq);
+    }
+    qts = qtest_initf("-M pc -m 64 -nodefaults %s",
+                      incoming ? "-incoming defer" : "");
+    for (int i = 0; fds && i < MGMT_QUEUES; i++) {
+        g_autofree char *name = g_strdup_printf("q%d", i);
+
+        mgmt_getfd(qts, fds[i], name);
+    }
+    args = qdict_new();
+    qdict_put_str(args, "type", "tap-transfer");
+    qdict_put_str(args, "id", "n0");
+    if (fds) {
+        qdict_put_str(args, "fds", "q0:q1:q2:q3");
+    } else {
+        qdict_put_int(args, "queues", MGMT_QUEUES);
+    }
+    qtest_qmp_assert_success(qts, "{ 'execute': 'netdev_add',"
+                             "  'arguments': %p }", args);
+    qtest_qmp_assert_success(qts, "{ 'execute': 'device_add', 'arguments':"
+                             "  { 'driver': 'virtio-net-pci', 'id': 'nic0',"
+                             "    'netdev': 'n0', 'addr': '04.0',"
+                             "    'mac': '" GUEST_MAC "', 'mq': true,"
+                             "    'vectors': 10 } }");
+    return qts;
+}
+
+/*
+ * The source runs on management's fds; the destination gets nothing
+ * but the queue count, or fds of its own (@dest_fds), which it must
+ * close unused.  The migration goes over fd: channels on both sides.
+ */
+static void do_mgmt_handover(bool runtime, bool dest_fds)
+{
+    int src_fds[MGMT_QUEUES], dst_given[MGMT_QUEUES], chan[2];
+    g_autoptr(GArray) src_tun = NULL;
+    g_autoptr(GArray) dst_tun = NULL;
+    unsigned ifindex, links;
+    QTestState *to;
+    Vm vm = { 0 };
+
+    mgmt_open_tap(src_fds, runtime);
+    vm.qts = mgmt_start(src_fds, runtime, false);
+    for (int i = 0; i < MGMT_QUEUES; i++) {
+        close(src_fds[i]);
+    }
+    vm.sock = host_tap_attach("tt0");
+    machine_init(&vm.m, vm.qts);
+    nic_start(&vm.nic, &vm.m, 0, MGMT_QUEUES);
+    check_traffic(&vm.nic, vm.sock, 0, "mgmt-before");
+    src_tun = tun_fds(qtest_pid(vm.qts));
+    g_assert_cmpuint(src_tun->len, ==, MGMT_QUEUES);
+    ifindex = if_nametoindex("tt0");
+    links = count_links();
+
+    if (dest_fds) {
+        /* The same TAP's queues, as naive management would pass */
+        mgmt_open_tap(dst_given, runtime);
+    }
+    to = mgmt_start(dest_fds ? dst_given : NULL, runtime, true);
+    for (int i = 0; dest_fds && i < MGMT_QUEUES; i++) {
+        close(dst_given[i]);
+    }
+    g_assert_cmpuint(count_tun_fds(qtest_pid(to)), ==,
+                     dest_fds ? MGMT_QUEUES : 0);
+
+    g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM, 0, chan), ==, 0);
+    mgmt_getfd(vm.qts, chan[0], "mig");
+    mgmt_getfd(to, chan[1], "mig");
+    close(chan[0]);
+    close(chan[1]);
+    migrate_set_parameter_bool(to, "backend-transfer", true);
+    migrate_incoming_qmp(to, "fd:mig", NULL, "{}");
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+    migrate_qmp(vm.qts, to, "fd:mig", NULL, "{}");
+    wait_for_migration_complete(vm.qts);
+    qtest_qmp_eventwait(to, "RESUME");
+
+    /* Only the source's queues, not one of those passed to it */
+    dst_tun = tun_fds(qtest_pid(to));
+    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
+    g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
+    g_assert_cmpuint(count_links(), ==, links);
+
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    check_traffic(&vm.nic, vm.sock, 0, "mgmt-after");
+    for (int pair = 1; pair < MGMT_QUEUES; pair++) {
+        g_autofree char *tx = g_strdup_printf("mgmt-tx-%d", pair);
+
+        nic_tx(&vm.nic, pair, tx);
+        host_expect(vm.sock, tx);
+    }
+    vm_release(&vm);
+    qtest_quit(to);
+}
+
+typedef struct MgmtCase {
+    const char *path;
+    bool runtime;
+    bool dest_fds;
+} MgmtCase;
+
+static const MgmtCase mgmt_cases[] = {
+    { "/tap-transfer/management/fds", false, false },
+    { "/tap-transfer/management/fds-to-dest", false, true },
+    { "/tap-transfer/management/runtime", true, false },
+    { "/tap-transfer/management/runtime-fds-to-dest", true, true },
+};
+
+static void test_mgmt(const void *opaque)
+{
+    const MgmtCase *c = opaque;
+
+    if (need_tap()) {
+        do_mgmt_handover(c->runtime, c->dest_fds);
+    }
+}
+
+/*
+ * The TAP in a file descriptor set (add-fd), named /dev/fdset/N: once
+ * the set is removed, the netdev holds the only copy, and hands it over.
+ */
+static void test_mgmt_fdset(void)
+{
+    struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
+    g_autoptr(GArray) src_tun = NULL;
+    g_autoptr(GArray) dst_tun = NULL;
+    QTestState *to;
+    Vm vm = { 0 };
+    int fd;
+
+    if (!need_tap()) {
+        return;
+    }
+    fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    g_assert_cmpint(fd, >=, 0);
+    pstrcpy(ifr.ifr_name, IFNAMSIZ, "tt0");
+    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
+
+    vm.qts = qtest_init("-M pc -m 64 -nodefaults");
+    qtest_qmp_fds_assert_success(vm.qts, &fd, 1,
+                                 "{ 'execute': 'add-fd',"
+                                 "  'arguments': { 'fdset-id': 3 } }");
+    close(fd);
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'netdev_add', 'arguments':"
+                             "  { 'type': 'tap-transfer', 'id': 'n0',"
+                             "    'fd': '/dev/fdset/3' } }");
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'device_add', 'arguments':"
+                             "  { 'driver': 'virtio-net-pci', 'id': 'nic0',"
+                             "    'netdev': 'n0', 'addr': '04.0',"
+                             "    'mac': '" GUEST_MAC "' } }");
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'remove-fd',"
+                             "  'arguments': { 'fdset-id': 3 } }");
+    src_tun = tun_fds(qtest_pid(vm.qts));
+    g_assert_cmpuint(src_tun->len, ==, 1);
+    vm.sock = host_tap_attach("tt0");
+    machine_init(&vm.m, vm.qts);
+    nic_start(&vm.nic, &vm.m, 0, 1);
+    check_traffic(&vm.nic, vm.sock, 0, "fdset-src");
+
+    to = start_dest("script=no,downscript=no", 1, true, NULL);
+    migrate_to(vm.qts, to, true);
+    qtest_qmp_eventwait(to, "RESUME");
+    dst_tun = tun_fds(qtest_pid(to));
+    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    check_traffic(&vm.nic, vm.sock, 0, "fdset-dst");
+    vm_release(&vm);
+    qtest_quit(to);
+}
+
+void tap_transfer_add_management_tests(void)
+{
+    for (int i = 0; i < ARRAY_SIZE(mgmt_cases); i++) {
+        qtest_add_data_func(mgmt_cases[i].path, &mgmt_cases[i], test_mgmt);
+    }
+    qtest_add_func("/tap-transfer/management/fdset", test_mgmt_fdset);
+}

@@ -1,0 +1,410 @@
+/*
+ * virtio-net-migration-test, what is refused, and how: channels that cannot
+ * pass fds, mismatched sides, a source that hands over something else than
+ * a TAP
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/un.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+#include "qemu/bswap.h"
+#include "qemu/cutils.h"
+#include "qobject/qdict.h"
+#include "qobject/qlist.h"
+#include "libqos/virtio.h"
+#include "migration/migration-qmp.h"
+#include "migration/migration-util.h"
+#include "tap-transfer-compat.h"
+#include "framework.h"
+
+/* ...but with backend-transfer off it must open a TAP, and cannot */
+static void test_unprivileged_transfer_off(void)
+{
+    DestOptions dest = {
+        .binary_var = "TAP_TRANSFER_UNPRIVILEGED_QEMU",
+        .keep_on_error = true,
+    };
+    g_autofree char *log = g_build_filename(tmpdir, "unprivileged.log", NULL);
+    g_autofree char *wrapped = NULL;
+    g_autofree char *err = NULL;
+    QTestState *to;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    /* QMP only says the load failed; the reason is on stderr */
+    wrapped = g_strdup_printf("2>%s setpriv --bounding-set=-all %s", log,
+                              g_getenv("QTEST_QEMU_BINARY"));
+    g_setenv("TAP_TRANSFER_UNPRIVILEGED_QEMU", wrapped, true);
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    to = start_dest_opts("ifname=tt1,script=no,downscript=no", 1, false,
+                         &dest);
+    migrate_refused(vm.qts, to, false, 0);
+    g_assert_cmpuint(if_nametoindex("tt1"), ==, 0);
+    g_assert_true(g_file_get_contents(log, &err, NULL, NULL));
+    /* On stderr, or (QEMU >= 10.2) in the migration's error */
+    if (!*err) {
+        g_free(err);
+        err = g_strdup_printf("%s\n", dest_error);
+    }
+    g_assert_nonnull(strstr(err, "netdev n0: this QEMU lacks CAP_NET_ADMIN, "
+                            "which opening a TAP device needs: could not "
+                            "configure /dev/net/tun (tt1): Operation not "
+                            "permitted\n"));
+    unlink(log);
+    check_traffic(&vm.nic, vm.sock, 0, "kept");
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+/* Channels that cannot carry fds are refused before anything is sent */
+static void test_refuse_channels(void)
+{
+    static const struct {
+        const char *uri;
+        bool tls, postcopy;
+        const char *reason;
+    } cases[] = {
+        { "tcp:127.0.0.1:1", false, false,
+          "needs a UNIX socket migration channel" },
+        { "exec:cat > /dev/null", false, false,
+          "needs a UNIX socket migration channel" },
+        { "file:/dev/null", false, false,
+          "needs a UNIX socket migration channel" },
+        { "unix:/nonexistent/sock", true, false, "over TLS" },
+        { "unix:/nonexistent/sock", false, true, "postcopy" },
+    };
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+
+    for (int i = 0; i < ARRAY_SIZE(cases); i++) {
+        g_autofree char *tag = g_strdup_printf("refused%d", i);
+        const char *desc;
+        QDict *rsp;
+
+        if (cases[i].tls || cases[i].postcopy) {
+            if (cases[i].tls) {
+                rsp = qtest_qmp(vm.qts, "{ 'execute': 'migrate-set-parameters',"
+                                "  'arguments': { 'tls-creds': 'tls0' } }");
+            } else {
+                rsp = qtest_qmp(vm.qts,
+                                "{ 'execute': 'migrate-set-capabilities',"
+                                "  'arguments': { 'capabilities': ["
+                                "    { 'capability': 'postcopy-ram',"
+                                "      'state': true } ] } }");
+            }
+            if (qdict_haskey(rsp, "error")) {
+                g_test_message("cannot set up case %s: %s", cases[i].reason,
+                               qdict_get_str(qdict_get_qdict(rsp, "error"),
+                                             "desc"));
+                qobject_unref(rsp);
+                continue;
+            }
+            qobject_unref(rsp);
+        }
+        rsp = qtest_qmp(vm.qts, "{ 'execute': 'migrate', 'arguments': "
+                        "{ 'uri': %s } }", cases[i].uri);
+        g_assert_true(qdict_haskey(rsp, "error"));
+        desc = qdict_get_str(qdict_get_qdict(rsp, "error"), "desc");
+        g_test_message("%s: %s", cases[i].uri, desc);
+        g_assert_nonnull(strstr(desc, cases[i].reason));
+        g_assert_null(strchr(desc, '\n'));
+        qobject_unref(rsp);
+
+        /* Nothing was sent; the source still runs on its TAP */
+        check_traffic(&vm.nic, vm.sock, 0, tag);
+        qtest_qmp_assert_success(vm.qts,
+            "{ 'execute': 'migrate-set-capabilities', 'arguments': "
+            "  { 'capabilities': [ { 'capability': 'postcopy-ram',"
+            "                        'state': false } ] } }");
+        qtest_qmp_assert_success(vm.qts,
+            "{ 'execute': 'migrate-set-parameters',"
+            "  'arguments': { 'tls-creds': '' } }");
+    }
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+/*
+ * Management hands over an fd: channel that cannot carry fds: refused
+ * by the migrate command itself; the VM never stops and the fd is closed.
+ */
+static void test_refuse_fd_channels(void)
+{
+    const char *reasons[] = { "fd:mig is a pipe", "fd:mig is an IPv4 socket" };
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+
+    for (int i = 0; i < ARRAY_SIZE(reasons); i++) {
+        unsigned fds_before = count_fds(qtest_pid(vm.qts));
+        g_autofree char *tag = g_strdup_printf("fd-refused%d", i);
+        g_autofree char *expected = g_strdup_printf(
+            "backend-transfer passes file descriptors and needs a UNIX "
+            "socket migration channel; %s", reasons[i]);
+        int fds[2];
+        const char *desc;
+        QDict *rsp;
+
+        if (i == 0) {
+            g_assert_cmpint(pipe(fds), ==, 0);
+        } else {
+            fds[0] = socket(AF_INET, SOCK_STREAM, 0);
+            fds[1] = -1;
+            g_assert_cmpint(fds[0], >=, 0);
+        }
+        qtest_qmp_fds_assert_success(vm.qts, &fds[0], 1,
+            "{ 'execute': 'getfd', 'arguments': { 'fdname': 'mig' } }");
+        close(fds[0]);
+        if (fds[1] >= 0) {
+            close(fds[1]);
+        }
+
+        rsp = qtest_qmp(vm.qts, "{ 'execute': 'migrate', 'arguments': "
+                        "{ 'uri': 'fd:mig' } }");
+        g_assert_true(qdict_haskey(rsp, "error"));
+        desc = qdict_get_str(qdict_get_qdict(rsp, "error"), "desc");
+        g_test_message("fd:mig: %s", desc);
+        g_assert_cmpstr(desc, ==, expected);
+        qobject_unref(rsp);
+
+        /* Refused before the stop: no STOP event, and it still runs */
+        g_assert_null(qtest_qmp_event_ref(vm.qts, "STOP"));
+        rsp = qtest_qmp_assert_success_ref(vm.qts,
+                                           "{ 'execute': 'query-status' }");
+        g_assert_true(qdict_get_bool(rsp, "running"));
+        qobject_unref(rsp);
+        check_traffic(&vm.nic, vm.sock, 0, tag);
+        g_assert_cmpuint(count_fds(qtest_pid(vm.qts)), ==, fds_before);
+    }
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+/*
+ * The destination refuses what the source sends: it says why, naming
+ * the netdev, closes every fd it received, and the source goes on.
+ */
+static void do_refused(const char *src_netdev, bool src_transfer,
+                       const char *dst_netdev, int dst_pairs,
+                       bool dst_transfer, const char *reason)
+{
+    DestOptions dest = {
+        .binary_var = logged_qemu(),
+        .keep_on_error = true,
+    };
+    QTestState *to;
+    Vm vm = { 0 };
+
+    vm_start(&vm, src_netdev, 1, NULL);
+    to = start_dest_opts(dst_netdev, dst_pairs, dst_transfer, &dest);
+    migrate_refused(vm.qts, to, src_transfer,
+                    dst_transfer ? 0 : dst_pairs);
+    assert_logged(reason);
+
+    check_traffic(&vm.nic, vm.sock, 0, "kept");
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+/*
+ * The destination adopts the TAP, then fails on a later section: a device
+ * the source has and it has not.  It gives the TAP back, having read
+ * nothing from it, so the frames sent meanwhile reach the guest on the
+ * source, which runs on.
+ */
+static void test_refused_after_adoption(void)
+{
+    const char *netdev = "ifname=tt0,script=no,downscript=no";
+    DestOptions dest = { .keep_on_error = true };
+    g_autofree char *status = NULL;
+    enum { FRAMES = 4 };
+    uint64_t bufs[FRAMES];
+    uint32_t heads[FRAMES];
+    QTestState *to;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, netdev, 1, "-device virtio-rng-pci,addr=05.0");
+    to = start_dest_opts(netdev, 1, true, &dest);
+    migrate_start(vm.qts, to, true);
+    do {
+        g_free(status);
+        g_usleep(10 * 1000);
+        status = migrate_query_status(to);
+    } while (strcmp(status, "failed"));
+    /* It holds none of the source's TAP... */
+    wait_tun_fds(qtest_pid(to), 0);
+    for (int i = 0; i < FRAMES; i++) {
+        g_autofree char *payload = g_strdup_printf("after-adoption-%d", i);
+
+        host_send(vm.sock, payload);
+    }
+    /* ...and would have read these by now, had it kept it */
+    g_usleep(200 * 1000);
+    qtest_quit(to);
+
+    do {
+        g_free(status);
+        g_usleep(10 * 1000);
+        status = migrate_query_status(vm.qts);
+    } while (strcmp(status, "failed") && strcmp(status, "completed"));
+    if (!strcmp(status, "completed")) {
+        qtest_qmp_assert_success(vm.qts, "{ 'execute': 'cont' }");
+    }
+    wait_running(vm.qts);
+    for (int i = 0; i < FRAMES; i++) {
+        bufs[i] = nic_post_rx(&vm.nic, 0, &heads[i]);
+    }
+    for (int i = 0; i < FRAMES; i++) {
+        g_autofree char *payload = g_strdup_printf("after-adoption-%d", i);
+
+        nic_expect_rx(&vm.nic, 0, bufs[i], heads[i], payload);
+    }
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+static void test_refused_on_off(void)
+{
+    if (need_tap()) {
+        do_refused("ifname=tt0,script=no,downscript=no", true,
+                   "ifname=tt1,script=no,downscript=no", 1, false,
+                   "netdev n0: backend-transfer is on on the source and off "
+                   "here; set it the same on both sides\n");
+    }
+}
+
+static void test_refused_off_on(void)
+{
+    if (need_tap()) {
+        do_refused("ifname=tt0,script=no,downscript=no", false,
+                   "ifname=tt0,script=no,downscript=no", 1, true,
+                   "netdev n0: backend-transfer is off on the source and on "
+                   "here; set it the same on both sides\n");
+    }
+}
+
+static void test_refused_queues(void)
+{
+    if (need_tap()) {
+        do_refused("ifname=tt0,script=no,downscript=no", true,
+                   "ifname=tt0,queues=2,script=no,downscript=no", 2, true,
+                   "netdev n0: the source has 1 queues, this QEMU was "
+                   "configured with 2\n");
+    }
+}
+
+static void test_refused_ifname(void)
+{
+    if (need_tap()) {
+        do_refused("ifname=tt0,script=no,downscript=no", true,
+                   "ifname=tt7,script=no,downscript=no", 1, true,
+                   "netdev n0: the source's TAP device is tt0, this QEMU was "
+                   "configured with ifname=tt7\n");
+    }
+}
+
+/*
+ * A hostile source: what it hands over is a TUN device, not a TAP.  The
+ * source is given the TUN fd with fd=, which -netdev tap accepts.
+ */
+static void test_refused_tun(void)
+{
+    struct ifreq ifr = { .ifr_flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR };
+    g_autofree char *netdev = NULL;
+    DestOptions dest = { .keep_on_error = true };
+    QTestState *from, *to;
+
+    dest.binary_var = logged_qemu();
+    int fd;
+
+    if (!need_tap()) {
+        return;
+    }
+    fd = open("/dev/net/tun", O_RDWR);
+    g_assert_cmpint(fd, >=, 0);
+    pstrcpy(ifr.ifr_name, IFNAMSIZ, "ttun0");
+    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
+    netdev = g_strdup_printf("fd=%d", fd);
+
+    from = start_qemu(netdev, 1, NULL);
+    to = start_dest_opts(netdev, 1, true, &dest);
+    /* No fd left in it, its own inherited copy of the TUN fd included */
+    migrate_refused(from, to, true, 0);
+    assert_logged("netdev n0: queue 0: received device ttun0 is a TUN, not a "
+                  "TAP device\n");
+    qtest_quit(from);
+    close(fd);
+}
+
+/* cpr-exec sends fd numbers, not fds: refused up front (QEMU >= 10.2) */
+static void test_refused_cpr_exec(void)
+{
+    const char *desc;
+    QDict *rsp;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    rsp = qtest_qmp(vm.qts, "{ 'execute': 'migrate-set-parameters',"
+                    "  'arguments': { 'mode': 'cpr-exec' } }");
+    if (qdict_haskey(rsp, "error")) {
+        g_test_skip("this QEMU has no cpr-exec migration mode");
+        qobject_unref(rsp);
+        vm_release(&vm);
+        qtest_quit(vm.qts);
+        return;
+    }
+    qobject_unref(rsp);
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+
+    rsp = qtest_qmp(vm.qts, "{ 'execute': 'migrate', 'arguments': "
+                    "{ 'uri': 'unix:/nonexistent/sock' } }");
+    g_assert_true(qdict_haskey(rsp, "error"));
+    desc = qdict_get_str(qdict_get_qdict(rsp, "error"), "desc");
+    g_test_message("%s", desc);
+    g_assert_nonnull(strstr(desc, "migration mode cpr-exec"));
+    g_assert_null(strchr(desc, '\n'));
+    qobject_unref(rsp);
+
+    check_traffic(&vm.nic, vm.sock, 0, "kept");
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+}
+
+void tap_transfer_add_refused_tests(void)
+{
+    qtest_add_func("/tap-transfer/migration/unprivileged-transfer-off",
+                   test_unprivileged_transfer_off);
+    qtest_add_func("/tap-transfer/refused/channels", test_refuse_channels);
+    qtest_add_func("/tap-transfer/refused/fd-channels",
+                   test_refuse_fd_channels);
+    qtest_add_func("/tap-transfer/refused/after-adoption",
+                   test_refused_after_adoption);
+    qtest_add_func("/tap-transfer/refused/on-off", test_refused_on_off);
+    qtest_add_func("/tap-transfer/refused/off-on", test_refused_off_on);
+    qtest_add_func("/tap-transfer/refused/queues", test_refused_queues);
+    qtest_add_func("/tap-transfer/refused/ifname", test_refused_ifname);
+    qtest_add_func("/tap-transfer/refused/tun", test_refused_tun);
+    qtest_add_func("/tap-transfer/refused/cpr-exec", test_refused_cpr_exec);
+}
