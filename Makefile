@@ -45,8 +45,11 @@ setup: $(BUILD)/build.ninja
 build: deps setup
 	$(MESON) compile -C $(BUILD)
 
+# An ASan/UBSan QEMU runs a few times slower: so may its tests
+TIMEOUT_MULTIPLIER = $(if $(filter 1,$(SANITIZE)),4,1)
 check: build
-	$(MESON) test -C $(BUILD) --print-errorlogs --no-rebuild || true
+	$(MESON) test -C $(BUILD) --print-errorlogs --no-rebuild \
+	    --timeout-multiplier $(TIMEOUT_MULTIPLIER) || true
 	scripts/test-summary.py $(BUILD)/meson-logs/testlog.json
 
 ifeq ($(QEMU_VERSION),10.0)
