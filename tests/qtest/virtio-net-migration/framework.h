@@ -193,6 +193,12 @@ void assert_one_line(const char *text);
 /* QMP only says the load failed; the reason is on the QEMU's stderr */
 const char *logged_qemu(void);
 
+/*
+ * The destination refused with @line: on its stderr, logged to @log,
+ * or in the migration's error
+ */
+void assert_reported(const char *log, const char *line);
+
 void assert_logged(const char *line);
 
 void host_send_udp(int sock, unsigned ifindex, int flow,
@@ -234,6 +240,7 @@ void tap_transfer_add_management_tests(void);
 void tap_transfer_add_refused_tests(void);
 void tap_transfer_add_cross_version_tests(void);
 void tap_transfer_add_hostile_stream_tests(void);
+void tap_transfer_add_qom_tests(void);
 
 /* Shared by two families */
 void do_handover(const char *netdev, int pairs,

@@ -432,6 +432,10 @@ static const Mutation mutations[] = {
     { "vnet header not used", AT(queue[0]), -2, 0,
       .refusal = "netdev n0: queue 0: invalid vnet header: 12 bytes, not "
                  "used by the NIC\n" },
+    /* Queue 0 is adopted before queue 1 fails: both go back */
+    { "queue 1's vnet header not used", AT(queue[1]), -2, 0,
+      .refusal = "netdev n0: queue 1: invalid vnet header: 12 bytes, not "
+                 "used by the NIC\n" },
     { "vnet header of 65535 bytes", AT(queue[0]), -3, 65535,
       .refusal = "netdev n0: queue 0: the source's state has a vnet header "
                  "of 65535 bytes, TAP device tt0 one of 12\n" },

@@ -97,9 +97,10 @@ static char *wait_source_done(QTestState *qts)
 }
 
 /* A destination that refuses the state and stays to be looked at */
-static void handover_refused(QTestState *from, const char *netdev)
+static void handover_refused(QTestState *from, const char *netdev,
+                             const char *extra)
 {
-    DestOptions dest = { .keep_on_error = true };
+    DestOptions dest = { .keep_on_error = true, .extra = extra };
     g_autofree char *status = NULL;
     QTestState *to = start_dest_opts(netdev, 1, true, &dest);
 
@@ -143,7 +144,7 @@ static void test_downscript(const void *opaque)
     if (c->dest_fails) {
         g_autofree char *status = NULL;
 
-        handover_refused(vm.qts, netdev);
+        handover_refused(vm.qts, netdev, NULL);
         status = migrate_query_status(vm.qts);
         if (!strcmp(status, "completed")) {
             qtest_qmp_assert_success(vm.qts, "{ 'execute': 'cont' }");
@@ -159,9 +160,22 @@ static void test_downscript(const void *opaque)
         wait_running(vm.qts);
     } else {
         if (c->refused_first) {
+            g_autofree char *status = NULL;
+
+            /*
+             * With a return path the source learns of the refusal and
+             * stays paused, so it can be migrated again without running
+             * in between (without, it completed and QEMU refuses to
+             * migrate it again before a cont)
+             */
             qtest_qmp_assert_success(vm.qts, "{ 'execute': 'stop' }");
-            handover_refused(vm.qts, refusing);
+            migrate_set_capability(vm.qts, "return-path", true);
+            handover_refused(vm.qts, refusing,
+                             "-global migration.x-return-path=on");
+            status = migrate_query_status(vm.qts);
+            g_assert_cmpstr(status, ==, "failed");
             wait_migration_cleaned_up(vm.qts);
+            migrate_set_capability(vm.qts, "return-path", false);
         }
         to = start_dest(netdev, 1, true, NULL);
         migrate_to(vm.qts, to, true);

@@ -245,10 +245,57 @@ static void test_mgmt_fdset(void)
     qtest_quit(to);
 }
 
+/*
+ * netdev_add on an incoming QEMU with fewer vhostfds than TAP queues is
+ * refused, and every fd that management passed for it is closed: none
+ * left open, none closed twice.
+ */
+static void test_mgmt_vhostfds_count(void)
+{
+    int fds[MGMT_QUEUES];
+    int vhostfd;
+    unsigned fds_before;
+    QTestState *qts;
+    QDict *rsp;
+
+    if (!need_tap()) {
+        return;
+    }
+    qts = qtest_init("-M pc -m 64 -nodefaults -incoming defer");
+    fds_before = count_fds(qtest_pid(qts));
+    mgmt_open_tap(fds, true);
+    for (int i = 0; i < MGMT_QUEUES; i++) {
+        g_autofree char *name = g_strdup_printf("q%d", i);
+
+        mgmt_getfd(qts, fds[i], name);
+        close(fds[i]);
+    }
+    vhostfd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    g_assert_cmpint(vhostfd, >=, 0);
+    mgmt_getfd(qts, vhostfd, "v0");
+    close(vhostfd);
+    g_assert_cmpuint(count_fds(qtest_pid(qts)), ==,
+                     fds_before + MGMT_QUEUES + 1);
+
+    rsp = qtest_qmp(qts, "{ 'execute': 'netdev_add', 'arguments': "
+                    "{ 'type': 'tap-transfer', 'id': 'n0', "
+                    "'fds': 'q0:q1:q2:q3', 'vhostfds': 'v0' } }");
+    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(rsp, "error"), "desc"), ==,
+                    "the number of vhostfds passed does not match the "
+                    "number of queues");
+    qobject_unref(rsp);
+    g_assert_cmpuint(count_fds(qtest_pid(qts)), ==, fds_before);
+    /* The TAP went with the last of its queues */
+    g_assert_cmpuint(if_nametoindex("tt0"), ==, 0);
+    qtest_quit(qts);
+}
+
 void tap_transfer_add_management_tests(void)
 {
     for (int i = 0; i < ARRAY_SIZE(mgmt_cases); i++) {
         qtest_add_data_func(mgmt_cases[i].path, &mgmt_cases[i], test_mgmt);
     }
     qtest_add_func("/tap-transfer/management/fdset", test_mgmt_fdset);
+    qtest_add_func("/tap-transfer/management/vhostfds-count",
+                   test_mgmt_vhostfds_count);
 }
