@@ -269,7 +269,8 @@ static void tap_transfer_arm_downscript(TapTransfer *s, bool armed)
     }
 }
 
-static void tap_transfer_set_phase(TapTransfer *s, TapTransferPhase phase)
+/* What "info network" shows of each queue */
+static void tap_transfer_update_info(TapTransfer *s)
 {
     static const char *const how[TAP_TRANSFER__MAX] = {
         [TAP_TRANSFER_AWAITING] = "awaiting migration",
@@ -279,13 +280,37 @@ static void tap_transfer_set_phase(TapTransfer *s, TapTransferPhase phase)
         [TAP_TRANSFER_HANDED_OVER] = "handed over",
     };
 
-    s->phase = phase;
     for (uint32_t i = 0; i < s->queues; i++) {
         qemu_set_info_str(s->ncs[i], "tap-transfer,ifname=%s,queue=%u/%u,%s",
                           s->ifname[0] ? s->ifname : "?", i, s->queues,
-                          how[phase]);
+                          how[s->phase]);
     }
+}
+
+static void tap_transfer_set_phase(TapTransfer *s, TapTransferPhase phase)
+{
+    s->phase = phase;
+    tap_transfer_update_info(s);
     trace_tap_transfer_phase(s->name, tap_transfer_phase_names[phase]);
+}
+
+/*
+ * The TAP may have been renamed since this QEMU opened or adopted it
+ * (management keeping a name across a hop): what goes into the stream
+ * and what management reads is the name the kernel has now.
+ */
+static void tap_transfer_refresh_ifname(TapTransfer *s)
+{
+    char ifname[IFNAMSIZ];
+
+    if (!s->queues || tap_get_fd(s->ncs[0]) < 0 ||
+        tap_fd_get_ifname(tap_get_fd(s->ncs[0]), ifname) ||
+        !strcmp(ifname, s->ifname)) {
+        return;
+    }
+    trace_tap_transfer_renamed(s->name, s->ifname, ifname);
+    pstrcpy(s->ifname, sizeof(s->ifname), ifname);
+    tap_transfer_update_info(s);
 }
 
 /*
@@ -600,6 +625,7 @@ static int tap_transfer_pre_save(void *opaque)
         }
     }
 
+    tap_transfer_refresh_ifname(s);
     pstrcpy((char *)s->stream_ifname, sizeof(s->stream_ifname), s->ifname);
     /* The destination owns the TAP once the VM runs there */
     s->stream_owns_downscript = s->owns_downscript;
@@ -1483,7 +1509,10 @@ static int net_init_tap_transfer(const Netdev *netdev, const char *name,
 
 static char *tap_transfer_get_ifname(Object *obj, Error **errp)
 {
-    return g_strdup(TAP_TRANSFER(obj)->ifname);
+    TapTransfer *s = TAP_TRANSFER(obj);
+
+    tap_transfer_refresh_ifname(s);
+    return g_strdup(s->ifname);
 }
 
 static int tap_transfer_get_state(Object *obj, Error **errp)
