@@ -31,7 +31,7 @@ MESON ?= meson
 all: build
 
 deps:
-	scripts/install-deps.sh
+	scripts/pipeline/install-deps.sh
 
 $(BUILD)/build.ninja:
 	$(MAKE) deps
@@ -47,7 +47,7 @@ build: deps setup
 
 check: build
 	$(MESON) test -C $(BUILD) --print-errorlogs --no-rebuild || true
-	scripts/test-summary.py $(BUILD)/meson-logs/testlog.json
+	scripts/pipeline/test-summary.py $(BUILD)/meson-logs/testlog.json
 
 ifeq ($(QEMU_VERSION),10.0)
 QEMU_BIN = $(BUILD)/qemu-build/qemu-system-x86_64
@@ -56,35 +56,35 @@ QEMU_BIN = $(BUILD)/qemu-$(QEMU_VERSION)-build/qemu-system-x86_64
 endif
 
 guest: deps
-	scripts/guest/build-guest.sh
+	scripts/lab/guest/build-guest.sh
 
 # The guest boots on QEMU 10.0 and is upgraded to 10.2 under the flood,
 # then rolled back, when 10.2 is built (UPGRADE=0: one 10.0 -> 10.0 hop)
 UPGRADE ?= 1
 UPGRADE_BIN = $(BUILD)/qemu-10.2-build/qemu-system-x86_64
 demo: build guest
-	scripts/demo.py --qemu $(QEMU_BIN) --guest "$$(scripts/guest/build-guest.sh)" \
+	scripts/lab/demo.py --qemu $(QEMU_BIN) --guest "$$(scripts/lab/guest/build-guest.sh)" \
 	    $$(if [ "$(UPGRADE)$(QEMU_VERSION)" = 110.0 ] && [ -x $(UPGRADE_BIN) ]; then \
 	         echo --upgrade-to $(UPGRADE_BIN) --rollback; fi)
 
 # RUNS=N runs of each mode (default 5); results in $(BUILD)/bench/
 RUNS ?= 5
 bench: build guest
-	scripts/bench.py --qemu $(QEMU_BIN) --guest "$$(scripts/guest/build-guest.sh)" \
+	scripts/lab/bench.py --qemu $(QEMU_BIN) --guest "$$(scripts/lab/guest/build-guest.sh)" \
 	    --runs $(RUNS) --out $(BUILD)/bench
 
 # N handovers single-queue under 500 pings/s, N/2 with 4 queues, shared RAM
 # and a ping flood; results in $(BUILD)/soak/.  Not part of make check.
 N ?= 200
 soak: build guest
-	scripts/soak.py --qemu $(QEMU_BIN) --guest "$$(scripts/guest/build-guest.sh)" \
+	scripts/lab/soak.py --qemu $(QEMU_BIN) --guest "$$(scripts/lab/guest/build-guest.sh)" \
 	    --n $(N) --out $(BUILD)/soak
 
 # Each QEMU series under its own prefix: $(PREFIX)/qemu-10.0, ...
 PREFIX ?= /opt/tap-transfer
 DESTDIR ?=
 install: build
-	scripts/install.sh $(BUILD) $(PREFIX) $(DESTDIR)
+	scripts/pipeline/install.sh $(BUILD) $(PREFIX) $(DESTDIR)
 
 clean:
 	rm -rf $(BUILD)

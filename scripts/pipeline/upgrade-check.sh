@@ -22,7 +22,7 @@ skip() {
     skip "$(cat "$root/qemu-10.2-build.unavailable")"
 [ -x "$root/qemu-10.2-build/qemu-system-x86_64" ] || skip "QEMU 10.2 is not built"
 [ -x "$root/qemu-build/qemu-system-x86_64" ] || skip "QEMU 10.0 is not built"
-guest=$("$here/guest/build-guest.sh" 2>/dev/null) || skip "the guest could not be built"
+guest=$("$here/../lab/guest/build-guest.sh" 2>/dev/null) || skip "the guest could not be built"
 
 destdir=$(mktemp -d /tmp/tap-transfer-upgrade.XXXXXX)
 trap 'rm -rf "$destdir"' EXIT
@@ -36,7 +36,7 @@ echo "1..1"
 echo "$out" | sed 's/^/# /'
 old=$destdir$prefix/qemu-10.0/bin/qemu-system-x86_64
 new=$destdir$prefix/qemu-10.2/bin/qemu-system-x86_64
-if report=$("$here/demo.py" --qemu "$old" --upgrade-to "$new" --rollback \
+if report=$("$here/../lab/demo.py" --qemu "$old" --upgrade-to "$new" --rollback \
             --python-dir "$root/qemu-src/python" --guest "$guest" 2>&1); then
     echo "$report" | sed 's/^/# /'
     echo "ok 1 - installed QEMU 10.0 -> 10.2 -> 10.0 under a ping flood: same TAP, zero loss"

@@ -8,7 +8,7 @@ it is torn down on exit, Ctrl-C or failure.
 QEMU is run and spoken to with QEMU's own Python tooling (qemu.machine's
 QEMUMachine, qemu.qmp) from the tree that built the QEMU under test.
 
-Used by demo.py, bench.py, e2e.py and soak.py.
+Used by demo.py, bench.py and soak.py.
 """
 
 import bisect
