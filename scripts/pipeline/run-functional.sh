@@ -11,6 +11,9 @@
 # from scripts/lab/guest/build-guest.sh (which builds it if needed) unless
 # it is set already; when that is not possible (not root, build failed)
 # it stays unset and the tests that need the guest skip, saying so.
+# TAP_TRANSFER_UPGRADE is this repo's tools/tap-transfer-upgrade unless
+# set; TAP_TRANSFER_QEMU_NEW, the other QEMU of an upgrade test, comes
+# from meson.
 set -uo pipefail
 
 usage="usage: run-functional.sh QEMU_TREE QEMU_BUILD TEST_FILE"
@@ -30,6 +33,9 @@ export QEMU_TEST_QEMU_BINARY=$qemu_build/qemu-system-x86_64
 export QEMU_TEST_QEMU_IMG=$qemu_build/qemu-img
 export QEMU_BUILD_ROOT=$qemu_build
 export PYTHONPATH=$src/python:$src/tests/functional
+
+# the operator's command, for the upgrade tests
+export TAP_TRANSFER_UPGRADE=${TAP_TRANSFER_UPGRADE:-$top/tools/tap-transfer-upgrade}
 
 if [ -z "${TAP_TRANSFER_GUEST:-}" ] && [ "$(id -u)" = 0 ]; then
     if guest=$("$top/scripts/lab/guest/build-guest.sh" 2>"$qemu_build/guest-build.log"); then
