@@ -370,15 +370,15 @@ class Lab:
                          capture=True, check=False)
         return int(out) if out.strip() else None
 
-    def wait_ping(self, timeout=60):
+    def wait_ping(self, addr=GUEST_ADDR, timeout=60):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             r = subprocess.run(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
-                                '-c', '1', '-W', '1', GUEST_ADDR],
+                                '-c', '1', '-W', '1', addr],
                                capture_output=True)
             if r.returncode == 0:
                 return
-        raise LabError(f'guest {GUEST_ADDR} does not answer')
+        raise LabError(f'guest {addr} does not answer')
 
     def start_ping(self, count, interval=0.002, preload=None, source=None):
         """A ping flood from the bridge; finish it with ping_result(), or
