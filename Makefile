@@ -4,8 +4,10 @@
 #   make check    ... and run the tests
 #   make demo     ... and upgrade a real guest's QEMU 10.0 -> 10.2 (and back)
 #                 under a ping flood, with a report
-#   make bench    ... and compare with today's practice (RUNS=5)
-#   make install  ... and install each QEMU under PREFIX (/opt/tap-transfer)
+#   make bench    ... and compare with today's practice (RUNS=5), and time
+#                 tap-transfer-upgrade for 1 VM and 3 VMs
+#   make install  ... and install each QEMU under PREFIX (/opt/tap-transfer),
+#                 and tap-transfer-upgrade in PREFIX/bin
 #   make soak     ... and count lost pings over many handovers (N=200)
 #   make check SANITIZE=1   the tests under ASan/UBSan, in build-sanitize/
 #
@@ -71,7 +73,9 @@ demo: build guest
 RUNS ?= 5
 bench: build guest
 	scripts/lab/bench.py --qemu $(QEMU_BIN) --guest "$$(scripts/lab/guest/build-guest.sh)" \
-	    --runs $(RUNS) --out $(BUILD)/bench
+	    --runs $(RUNS) --out $(BUILD)/bench \
+	    $$(if [ "$(UPGRADE)$(QEMU_VERSION)" = 110.0 ] && [ -x $(UPGRADE_BIN) ]; then \
+	         echo --upgrade-to $(UPGRADE_BIN); fi)
 
 # N handovers single-queue under 500 pings/s, N/2 with 4 queues, shared RAM
 # and a ping flood; results in $(BUILD)/soak/.  Not part of make check.
@@ -80,7 +84,8 @@ soak: build guest
 	scripts/lab/soak.py --qemu $(QEMU_BIN) --guest "$$(scripts/lab/guest/build-guest.sh)" \
 	    --n $(N) --out $(BUILD)/soak
 
-# Each QEMU series under its own prefix: $(PREFIX)/qemu-10.0, ...
+# Each QEMU series under its own prefix: $(PREFIX)/qemu-10.0, ...; the
+# upgrade command in $(PREFIX)/bin
 PREFIX ?= /opt/tap-transfer
 DESTDIR ?=
 install: build
