@@ -656,8 +656,9 @@ class TapTransferUpgrade(QemuSystemTest):
     def test_failures_leave_the_vm_alone(self):
         """A target that does not start, a destination killed during
         the load, SIGINT to the command mid-migration, a NIC added at
-        run time, a plain -netdev tap: each time the VM runs on its QEMU
-        as before, paths untouched, nothing left over."""
+        run time, a plain -netdev tap, a machine type the target lacks:
+        each time the VM runs on its QEMU as before, paths untouched,
+        nothing left over."""
         vm = Vm(self, 'vm1', self.old, 1, shared_ram=False)
         vm.wait_console(GUEST_READY)
         self.wait_ping(vm.addr)
@@ -726,6 +727,21 @@ class TapTransferUpgrade(QemuSystemTest):
         self.assertIn('-netdev tap', r['error'])
         self.assertIn('--onboard', r['error'])
         self.assert_untouched(plain, before)
+
+        # a machine type the target lacks: a VM on the newer QEMU's
+        # newest machine type cannot go back to the older QEMU
+        if self.version_of(self.new) == self.version_of(self.old):
+            self.note('machine type missing: skipped, both QEMUs are '
+                      f'{self.version_of(self.old)}')
+            return
+        newest = Vm(self, 'newest', self.new, 10, shared_ram=False,
+                    boot=False)
+        before = newest.snapshot()
+        r = self.upgrade(newest.qmp_path, self.old, expect_ok=False)
+        self.note(f"machine type: exit {r['returncode']}: {r['error']}")
+        self.assertEqual(r['returncode'], 2)
+        self.assertIn('machine type', r['error'])
+        self.assert_untouched(newest, before)
 
 
 if __name__ == '__main__':
