@@ -267,13 +267,14 @@ def operator_bench(args):
              f'tap-transfer-upgrade, {args.runs} runs, min / median / max; '
              f'daemonized VMs, shared RAM, {os.path.basename(os.path.dirname(args.qemu))}'
              f' -> {os.path.basename(os.path.dirname(to))}', '',
-             '| VMs | --parallel | command s (start to return, sources gone) '
-             '| downtime ms (per VM) | command ms (per VM) | lost pings |',
+             '| VMs | --parallel | whole command ms (start to return, '
+             'sources gone) | downtime ms (per VM) | command ms (per VM) '
+             '| lost pings |',
              '|---|---|---|---|---|---|']
     for nvms, parallel, runs in rows:
         lines.append(
             f'| {nvms} | {parallel} | '
-            f'{mmm([s * 1000 for s, _, _ in runs])} ms | '
+            f'{mmm([s * 1000 for s, _, _ in runs])} | '
             f"{mmm([r['downtime_ms'] for _, rs, _ in runs for r in rs])} | "
             f"{mmm([r['command_ms'] for _, rs, _ in runs for r in rs])} | "
             f'{sum(lost for _, _, lost in runs)} |')
