@@ -166,7 +166,7 @@ class Vm:
 
     def __init__(self, test, name, qemu, index, queues=1, disk=False,
                  shared_ram=True, tap_fds=None, boot=True, extra=(),
-                 daemonize=True):
+                 daemonize=True, memfd=False):
         self.test = test
         self.name = name
         self.dir = os.path.join(test.base, name)
@@ -199,6 +199,9 @@ class Vm:
             args += ['-object', 'memory-backend-file,id=ram0,share=on,'
                      f'mem-path={self.shm},size=128M',
                      '-machine', 'memory-backend=ram0']
+        if memfd:
+            args += ['-object', 'memory-backend-memfd,id=ram0,size=128M',
+                     '-machine', 'memory-backend=ram0,aux-ram-share=on']
         if disk:
             subprocess.run([test.qemu_img, 'create', '-q', '-f', 'qcow2',
                             self.disk, '16M'], check=True)
@@ -638,6 +641,31 @@ class TapTransferUpgrade(QemuSystemTest):
             time.sleep(0.05)
         left = upgrade_processes(self.base, vms)
         self.assertEqual(left, [], f'QEMUs left over: {describe(left)}')
+
+    def test_memfd_modes(self):
+        """memfd RAM: cpr-transfer for the upgrade (the newer QEMU loads
+        the older's cpr state), RAM copied for the rollback (10.0 cannot
+        load 10.2's), as the command chooses them; --mode overrides."""
+        vm = Vm(self, 'memfd', self.old, 1, shared_ram=False, boot=False,
+                memfd=True)
+        same = self.version_of(self.new) == self.version_of(self.old)
+        up = self.upgrade(vm.qmp_path, self.new)
+        self.assertEqual(up['mode'], 'cpr-transfer')
+        self.assertEqual(vm.read_pid(), up['new_pid'])
+        vm.pid = up['new_pid']
+        down = self.upgrade(vm.qmp_path, self.old)
+        self.assertEqual(down['mode'], 'cpr-transfer' if same else 'copy')
+        vm.pid = down['new_pid']
+        forced = self.upgrade(vm.qmp_path, self.new, '--mode', 'copy')
+        self.assertEqual(forced['mode'], 'copy')
+        vm.pid = forced['new_pid']
+        self.assertEqual(vm.qmp('query-status')['status'], 'running')
+        self.assert_no_leftover([vm])
+        for name, r in (('upgrade', up), ('rollback', down),
+                        ('--mode copy', forced)):
+            self.note(f"memfd {name}: {r['old_version']} -> "
+                      f"{r['new_version']}, {r['mode']}, downtime "
+                      f"{r['downtime_ms']} ms, command {r['command_ms']} ms")
 
     # failures: the VM stays on its QEMU, untouched
 
