@@ -101,7 +101,7 @@ def parse_trace(events):
                 t.setdefault('running', ts)
         elif name == 'tap_transfer_handover':
             t['handover'] = ts
-            m = re.search(r'with (\d+) queued', rest)
+            m = re.search(r'with (\d+) (?:queued|held)', rest)
             if m:
                 t['handover_frames'] = int(m.group(1))
         elif name == 'tap_transfer_adopted':
