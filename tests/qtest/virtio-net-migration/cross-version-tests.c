@@ -110,8 +110,9 @@ static void test_tunnel_handover(void)
 
     if (!qemu_at_least(to, 10, 2)) {
         migrate_refused(vm.qts, to, true, 0);
-        assert_logged("netdev n0: the guest uses UDP tunnel offloads on the "
-                      "TAP device, which this QEMU does not support\n");
+        assert_logged("netdev n0: queue 0: the guest uses UDP tunnel "
+                      "offloads on the TAP device, which this QEMU does not "
+                      "support\n");
         g_assert_cmpuint(count_tun_fds(qtest_pid(vm.qts)), ==, 1);
         vm_release(&vm);
         qtest_quit(vm.qts);
