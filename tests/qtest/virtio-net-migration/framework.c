@@ -456,18 +456,42 @@ void wait_running(QTestState *qts)
     }
 }
 
-void migrate_refused(QTestState *from, QTestState *to, bool transfer,
-                     unsigned own_fds)
+char *wait_migration_done(QTestState *qts)
 {
-    g_autofree char *status = NULL;
-    QDict *rsp;
+    char *status = NULL;
 
-    migrate_start(from, to, transfer);
     do {
         g_free(status);
         g_usleep(10 * 1000);
-        status = migrate_query_status(to);
-    } while (strcmp(status, "failed"));
+        status = migrate_query_status(qts);
+    } while (strcmp(status, "failed") && strcmp(status, "completed"));
+    return status;
+}
+
+void wait_incoming_failed(QTestState *to)
+{
+    g_autofree char *status = wait_migration_done(to);
+
+    g_assert_cmpstr(status, ==, "failed");
+}
+
+void resume_source(QTestState *from)
+{
+    g_autofree char *status = wait_migration_done(from);
+
+    if (!strcmp(status, "completed")) {
+        qtest_qmp_assert_success(from, "{ 'execute': 'cont' }");
+    }
+    wait_running(from);
+}
+
+void migrate_refused(QTestState *from, QTestState *to, bool transfer,
+                     unsigned own_fds)
+{
+    QDict *rsp;
+
+    migrate_start(from, to, transfer);
+    wait_incoming_failed(to);
     rsp = qtest_qmp_assert_success_ref(to, "{ 'execute': 'query-migrate' }");
     g_free(dest_error);
     dest_error = g_strdup(qdict_get_try_str(rsp, "error-desc"));
@@ -476,16 +500,7 @@ void migrate_refused(QTestState *from, QTestState *to, bool transfer,
     /* What it received it closes as it cleans up after the failure */
     wait_tun_fds(qtest_pid(to), own_fds);
     qtest_quit(to);
-
-    do {
-        g_free(status);
-        g_usleep(10 * 1000);
-        status = migrate_query_status(from);
-    } while (strcmp(status, "failed") && strcmp(status, "completed"));
-    if (!strcmp(status, "completed")) {
-        qtest_qmp_assert_success(from, "{ 'execute': 'cont' }");
-    }
-    wait_running(from);
+    resume_source(from);
 }
 
 void vm_start(Vm *vm, const char *netdev, int pairs, const char *extra)
@@ -500,6 +515,19 @@ void vm_migrated(Vm *vm, QTestState *to)
 {
     vm->qts = to;
     machine_migrated(&vm->m, to, &vm->nic, 1);
+}
+
+void vm_finish(Vm *vm, int pairs, const char *tag)
+{
+    check_traffic(&vm->nic, vm->sock, 0, tag);
+    for (int pair = 1; pair < pairs; pair++) {
+        g_autofree char *tx = g_strdup_printf("%s-tx-%d", tag, pair);
+
+        nic_tx(&vm->nic, pair, tx);
+        host_expect(vm->sock, tx);
+    }
+    vm_release(vm);
+    qtest_quit(vm->qts);
 }
 
 void vm_release(Vm *vm)

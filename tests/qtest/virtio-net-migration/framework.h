@@ -177,11 +177,29 @@ void wait_running(QTestState *qts);
 void migrate_refused(QTestState *from, QTestState *to, bool transfer,
                      unsigned own_fds);
 
+/* Wait for a migration to fail or complete, and say which */
+char *wait_migration_done(QTestState *qts);
+
+/* Wait for an incoming migration to fail, as the test wants it to */
+void wait_incoming_failed(QTestState *to);
+
+/*
+ * The destination refused: the source runs again, by itself or, if it
+ * had completed, with management's cont
+ */
+void resume_source(QTestState *from);
+
 void vm_start(Vm *vm, const char *netdev, int pairs, const char *extra);
 
 void vm_migrated(Vm *vm, QTestState *to);
 
 void vm_release(Vm *vm);
+
+/*
+ * The VM's network works, one frame each way on queue pair 0 and one
+ * out on each other pair; then the VM goes
+ */
+void vm_finish(Vm *vm, int pairs, const char *tag);
 
 /* Running the QEMU binary directly, for what happens before qtest can */
 bool run_qemu(const char *const *prefix, const char *binary,

@@ -65,15 +65,7 @@ void do_handover(const char *netdev, int pairs,
     g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
     /* What the guest negotiated is still offered */
     g_assert_cmphex(qvirtio_get_features(&vm.nic.dev->vdev), ==, features);
-    check_traffic(&vm.nic, vm.sock, 0, "after");
-    for (int pair = 1; pair < pairs; pair++) {
-        g_autofree char *tx = g_strdup_printf("after-tx-%d", pair);
-
-        nic_tx(&vm.nic, pair, tx);
-        host_expect(vm.sock, tx);
-    }
-    vm_release(&vm);
-    qtest_quit(to);
+    vm_finish(&vm, pairs, "after");
 }
 
 static void test_handover(void)
@@ -313,15 +305,7 @@ void do_cpr_transfer(int pairs, bool defer, const char *dst_var)
     g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
     qtest_quit(vm.qts);
     vm_migrated(&vm, to);
-    check_traffic(&vm.nic, vm.sock, 0, "cpr-after");
-    for (int pair = 1; pair < pairs; pair++) {
-        g_autofree char *tx = g_strdup_printf("cpr-tx-%d", pair);
-
-        nic_tx(&vm.nic, pair, tx);
-        host_expect(vm.sock, tx);
-    }
-    vm_release(&vm);
-    qtest_quit(to);
+    vm_finish(&vm, pairs, "cpr-after");
     unlink(cpr_path);
     unlink(mig_path);
 }

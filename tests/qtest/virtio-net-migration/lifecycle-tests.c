@@ -83,37 +83,19 @@ static const DownscriptCase downscript_cases[] = {
       .refused_first = true, .owner = OWNER_DESTINATION },
 };
 
-/* Until the source's migration is over, either way */
-static char *wait_source_done(QTestState *qts)
-{
-    char *status = NULL;
-
-    do {
-        g_free(status);
-        g_usleep(10 * 1000);
-        status = migrate_query_status(qts);
-    } while (strcmp(status, "failed") && strcmp(status, "completed"));
-    return status;
-}
-
 /* A destination that refuses the state and stays to be looked at */
 static void handover_refused(QTestState *from, const char *netdev,
                              const char *extra)
 {
     DestOptions dest = { .keep_on_error = true, .extra = extra };
-    g_autofree char *status = NULL;
     QTestState *to = start_dest_opts(netdev, 1, true, &dest);
+    g_autofree char *status = NULL;
 
     migrate_start(from, to, true);
-    do {
-        g_free(status);
-        g_usleep(10 * 1000);
-        status = migrate_query_status(to);
-    } while (strcmp(status, "failed"));
+    wait_incoming_failed(to);
     wait_tun_fds(qtest_pid(to), 0);
     qtest_quit(to);
-    g_free(status);
-    status = wait_source_done(from);
+    status = wait_migration_done(from);
 }
 
 static void test_downscript(const void *opaque)
@@ -142,14 +124,8 @@ static void test_downscript(const void *opaque)
     vm_start(&vm, netdev, 1,
              c->dest_fails ? "-device virtio-rng-pci,addr=05.0" : NULL);
     if (c->dest_fails) {
-        g_autofree char *status = NULL;
-
         handover_refused(vm.qts, netdev, NULL);
-        status = migrate_query_status(vm.qts);
-        if (!strcmp(status, "completed")) {
-            qtest_qmp_assert_success(vm.qts, "{ 'execute': 'cont' }");
-        }
-        wait_running(vm.qts);
+        resume_source(vm.qts);
         to = NULL;
     } else if (c->dest_never_runs) {
         to = start_dest(netdev, 1, true, "-S");

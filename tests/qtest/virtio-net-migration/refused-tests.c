@@ -224,7 +224,6 @@ static void test_refused_after_adoption(void)
 {
     const char *netdev = "ifname=tt0,script=no,downscript=no";
     DestOptions dest = { .keep_on_error = true };
-    g_autofree char *status = NULL;
     enum { FRAMES = 4 };
     uint64_t bufs[FRAMES];
     uint32_t heads[FRAMES];
@@ -237,11 +236,7 @@ static void test_refused_after_adoption(void)
     vm_start(&vm, netdev, 1, "-device virtio-rng-pci,addr=05.0");
     to = start_dest_opts(netdev, 1, true, &dest);
     migrate_start(vm.qts, to, true);
-    do {
-        g_free(status);
-        g_usleep(10 * 1000);
-        status = migrate_query_status(to);
-    } while (strcmp(status, "failed"));
+    wait_incoming_failed(to);
     /* It holds none of the source's TAP... */
     wait_tun_fds(qtest_pid(to), 0);
     for (int i = 0; i < FRAMES; i++) {
@@ -253,15 +248,7 @@ static void test_refused_after_adoption(void)
     g_usleep(200 * 1000);
     qtest_quit(to);
 
-    do {
-        g_free(status);
-        g_usleep(10 * 1000);
-        status = migrate_query_status(vm.qts);
-    } while (strcmp(status, "failed") && strcmp(status, "completed"));
-    if (!strcmp(status, "completed")) {
-        qtest_qmp_assert_success(vm.qts, "{ 'execute': 'cont' }");
-    }
-    wait_running(vm.qts);
+    resume_source(vm.qts);
     for (int i = 0; i < FRAMES; i++) {
         bufs[i] = nic_post_rx(&vm.nic, 0, &heads[i]);
     }
