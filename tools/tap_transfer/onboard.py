@@ -99,17 +99,31 @@ def link(pid, ifname):
 
 
 def tap_counters(pid, ifname):
-    """The TAP's counters, host side: tx is towards the guest (frames a
-    QEMU read), tx_dropped the frames the TAP dropped for lack of room.
-    None when the TAP is gone."""
+    """The TAP's counters, host side: tx is towards the guest.
+    tx_packets counts the frames a QEMU read, tx_dropped the ones the
+    TAP dropped (queue full, no reader); qdisc_sent the frames the
+    kernel handed to the TAP.  unread, the difference, is what waits in
+    the TAP's queue: frames that are lost if nobody reads them.  None
+    when the TAP is gone."""
     ln = link(pid, ifname)
     if not ln:
         return None
     s = ln.get('stats64', {})
-    return {'rx_packets': s.get('rx', {}).get('packets'),
-            'rx_dropped': s.get('rx', {}).get('dropped'),
-            'tx_packets': s.get('tx', {}).get('packets'),
-            'tx_dropped': s.get('tx', {}).get('dropped')}
+    out = {'rx_packets': s.get('rx', {}).get('packets'),
+           'tx_packets': s.get('tx', {}).get('packets'),
+           'tx_dropped': s.get('tx', {}).get('dropped')}
+    r = subprocess.run(['nsenter', f'--net={_netns(pid)}', 'tc', '-s', '-j',
+                        'qdisc', 'show', 'dev', ifname],
+                       capture_output=True, text=True)
+    try:
+        qdiscs = json.loads(r.stdout)
+        root = [q for q in qdiscs if q.get('root')] or qdiscs
+        out['qdisc_sent'] = root[0]['packets']
+        out['unread'] = max(out['qdisc_sent'] - out['tx_packets'] -
+                            out['tx_dropped'], 0)
+    except (ValueError, IndexError, KeyError, TypeError):
+        pass
+    return out
 
 
 class TapAttrs:
@@ -568,3 +582,136 @@ def _rtattr(kind, data):
     return struct.pack('=HH', 4 + len(data), kind) + data + b'\0' * pad
 
 
+
+
+class Onboarding:
+    """The onboarding hop of one VM, for tools/tap-transfer-upgrade:
+
+        ob = Onboarding(pid, argv, fdsets)   # refuses what it cannot do
+        ob.create()                          # the new TAPs, fds open
+        value = ob.netdev_value(netdev_id)   # -netdev for the destination
+        ... start the destination with pass_fds=ob.fds() ...
+        ob.started()                         # close our fds
+        ob.prepare_switch()                  # before 'migrate'
+        ob.switch()                          # source paused pre-switchover
+        ob.rollback()                        # any failure before the quit
+        report = ob.finish(keep_name)        # after the source quit
+
+    All TAPs live in @pid's (the source QEMU's) network namespace."""
+
+    def __init__(self, pid, argv, fdsets=None, log=None):
+        self.pid = pid
+        self.log = log or (lambda msg: None)
+        self.taps = source_taps(pid, argv, fdsets)
+        self.new = {}
+        self.steers = []
+        self.switched = False
+        self.counters = {}
+
+    def ids(self):
+        return [t.id for t in self.taps]
+
+    def create(self):
+        try:
+            for t in self.taps:
+                new = clone_tap(self.pid, t.attrs)
+                self.new[t.id] = new
+                self.log(f'netdev {t.id}: new TAP {new.ifname} like '
+                         f'{t.ifname} ({t.attrs.queues} queue(s), vnet_hdr '
+                         f"{'on' if t.attrs.vnet_hdr else 'off'}, on "
+                         f'{t.attrs.master}) in {new.seconds * 1000:.1f} ms')
+        except BaseException:
+            self.rollback()
+            raise
+
+    def fds(self):
+        return [fd for n in self.new.values() for fd in n.fds]
+
+    def netdev_value(self, netdev_id):
+        t = next(t for t in self.taps if t.id == netdev_id)
+        return destination_netdev(t, self.new[netdev_id].fds)
+
+    def started(self):
+        for n in self.new.values():
+            n.close_fds()
+
+    def prepare_switch(self):
+        """The netlink sockets and the guest's addresses, ahead of the
+        switch; a guest that sent nothing yet has none to steer."""
+        for t in self.taps:
+            macs = learned_macs(self.pid, t.ifname)
+            self.steers.append(FdbSteer(self.pid, macs, t.ifname,
+                                        self.new[t.id].ifname))
+
+    def switch(self):
+        """The source has stopped: frames for the guest go to the new
+        TAPs from now on.  The old TAPs' counters are read first."""
+        for t in self.taps:
+            self.counters[t.id] = {'at_stop': tap_counters(self.pid,
+                                                           t.ifname)}
+        for s in self.steers:
+            s.to_new()
+        self.switched = True
+
+    def before_quit(self):
+        """Just before the source quits: what the old TAPs hold unread"""
+        for t in self.taps:
+            self.counters.setdefault(t.id, {})['at_quit'] = \
+                tap_counters(self.pid, t.ifname)
+
+    def rollback(self):
+        """The VM stays on the source: forwarding back to the old TAPs,
+        the new ones gone."""
+        if self.switched:
+            for s in self.steers:
+                try:
+                    s.back()
+                except OnboardError as e:
+                    self.log(f'{e}')
+            self.switched = False
+        for s in self.steers:
+            s.close()
+        self.steers = []
+        for n in self.new.values():
+            n.remove()
+        self.new = {}
+
+    def finish(self, keep_name, timeout=10):
+        """The source has quit: rename the new TAPs to the old names if
+        @keep_name; the report per netdev."""
+        for s in self.steers:
+            s.close()
+        self.steers = []
+        out = {}
+        for t in self.taps:
+            new = self.new[t.id]
+            c = self.counters.get(t.id, {})
+            r = {'old_ifname': t.ifname, 'old_ifindex': t.attrs.ifindex,
+                 'new_ifname': new.ifname,
+                 'new_ifindex': (link(self.pid, new.ifname) or
+                                 {}).get('ifindex'),
+                 'queues': t.attrs.queues,
+                 'tap_create_ms': round(new.seconds * 1000, 1)}
+            stop, quit_ = c.get('at_stop'), c.get('at_quit')
+            if stop and quit_:
+                r['old_tap_at_stop'] = stop
+                r['old_tap_at_quit'] = quit_
+                # what nobody read: lost with the old TAP
+                r['old_tap_lost'] = quit_.get('unread', 0) + \
+                    quit_['tx_dropped'] - stop['tx_dropped']
+            if keep_name:
+                try:
+                    down = rename_tap(self.pid, new.ifname, t.ifname,
+                                      timeout)
+                    r['renamed'] = True
+                    r['new_ifname'] = t.ifname
+                    r['rename_link_down_ms'] = round(down * 1000, 1)
+                    self.log(f'netdev {t.id}: {new.ifname} renamed '
+                             f'{t.ifname} (link down {down * 1000:.1f} ms)')
+                except OnboardError as e:
+                    r['renamed'] = False
+                    r['rename_error'] = str(e)
+                    self.log(f'netdev {t.id}: not renamed: {e}')
+            out[t.id] = r
+        self.new = {}
+        return out
