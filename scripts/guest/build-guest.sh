@@ -2,7 +2,8 @@
 # Build the small real guest used by make demo, make bench and the
 # end-to-end tests: Debian's kernel (downloaded, unpacked, not installed)
 # and a busybox-static initramfs that loads virtio-net and configures a
-# static address.  Cached outside the checkout; prints the directory.
+# static address (and virtio-blk, for the tests that write records to a
+# disk).  Cached outside the checkout; prints the directory.
 #
 #   build-guest.sh
 set -euo pipefail
@@ -39,7 +40,8 @@ cp /bin/busybox root/bin/busybox
 for m in drivers/virtio/virtio_ring drivers/virtio/virtio \
          drivers/virtio/virtio_pci_modern_dev \
          drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci \
-         net/core/failover drivers/net/net_failover drivers/net/virtio_net; do
+         net/core/failover drivers/net/net_failover drivers/net/virtio_net \
+         drivers/block/virtio_blk; do
     cp "kernel/lib/modules/$kver/kernel/$m.ko" root/lib/modules/
 done
 install -m 0755 "$here/init" root/init
