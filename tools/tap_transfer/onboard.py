@@ -45,6 +45,8 @@ IFNAMSIZ = 16
 # rtnetlink, for the bridge's forwarding database
 AF_BRIDGE = 7
 RTM_NEWNEIGH = 28
+RTM_NEWLINK, RTM_GETLINK = 16, 18
+IFLA_STATS64 = 23
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 1, 4, 0x100, 0x400
 NDA_LLADDR, NDA_VLAN = 2, 5
 NUD_REACHABLE = 0x02
@@ -69,7 +71,16 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _netns(pid):
-    return f'/proc/{pid}/ns/net'
+    """@pid: a process, whose network namespace is meant, or the path
+    of a namespace (netns_handle())"""
+    return pid if isinstance(pid, str) else f'/proc/{pid}/ns/net'
+
+
+def netns_handle(pid):
+    """A path to @pid's network namespace that stays valid after @pid
+    exits (an fd of ours on it): (path, fd to close)"""
+    fd = os.open(f'/proc/{pid}/ns/net', os.O_RDONLY | os.O_CLOEXEC)
+    return f'/proc/{os.getpid()}/fd/{fd}', fd
 
 
 def _in_netns(pid, *args, check=True):
@@ -570,6 +581,30 @@ class FdbSteer:
     def to_new(self):
         self._send(self.new)
 
+    def stats(self, old=True):
+        """The old (or new) port's counters, over the same socket:
+        {'tx_packets', 'tx_dropped', 'rx_packets'}, in a millisecond"""
+        ifindex = self.old if old else self.new
+        self.seq += 1
+        body = struct.pack('=BBHiII', socket.AF_UNSPEC, 0, 0, ifindex, 0, 0)
+        self.sock.send(struct.pack('=IHHII', 16 + len(body), RTM_GETLINK,
+                                   NLM_F_REQUEST, self.seq, 0) + body)
+        data = self.sock.recv(65536)
+        _, kind = struct.unpack_from('=IH', data, 0)
+        if kind != RTM_NEWLINK:
+            return None
+        off = 32
+        while off + 4 <= len(data):
+            alen, atype = struct.unpack_from('=HH', data, off)
+            if alen < 4:
+                break
+            if atype == IFLA_STATS64:
+                v = struct.unpack_from('=8Q', data, off + 4)
+                return {'rx_packets': v[0], 'tx_packets': v[1],
+                        'tx_dropped': v[7]}
+            off += (alen + 3) & ~3
+        return None
+
     def back(self):
         self._send(self.old)
 
@@ -600,9 +635,10 @@ class Onboarding:
     All TAPs live in @pid's (the source QEMU's) network namespace."""
 
     def __init__(self, pid, argv, fdsets=None, log=None):
-        self.pid = pid
         self.log = log or (lambda msg: None)
         self.taps = source_taps(pid, argv, fdsets)
+        # the namespace outlives the source: the rename comes after it
+        self.pid, self._ns_fd = netns_handle(pid)
         self.new = {}
         self.steers = []
         self.switched = False
@@ -645,10 +681,10 @@ class Onboarding:
 
     def switch(self):
         """The source has stopped: frames for the guest go to the new
-        TAPs from now on.  The old TAPs' counters are read first."""
-        for t in self.taps:
-            self.counters[t.id] = {'at_stop': tap_counters(self.pid,
-                                                           t.ifname)}
+        TAPs from now on.  The old TAPs' counters are read first, over
+        netlink (a millisecond: every frame meanwhile is lost)."""
+        for t, s in zip(self.taps, self.steers):
+            self.counters[t.id] = {'at_stop': s.stats()}
         for s in self.steers:
             s.to_new()
         self.switched = True
@@ -675,6 +711,12 @@ class Onboarding:
         for n in self.new.values():
             n.remove()
         self.new = {}
+        self.close()
+
+    def close(self):
+        if self._ns_fd is not None:
+            os.close(self._ns_fd)
+            self._ns_fd = None
 
     def finish(self, keep_name, timeout=10):
         """The source has quit: rename the new TAPs to the old names if
@@ -693,12 +735,16 @@ class Onboarding:
                  'queues': t.attrs.queues,
                  'tap_create_ms': round(new.seconds * 1000, 1)}
             stop, quit_ = c.get('at_stop'), c.get('at_quit')
-            if stop and quit_:
+            if stop and quit_ and None not in stop.values():
                 r['old_tap_at_stop'] = stop
                 r['old_tap_at_quit'] = quit_
-                # what nobody read: lost with the old TAP
-                r['old_tap_lost'] = quit_.get('unread', 0) + \
-                    quit_['tx_dropped'] - stop['tx_dropped']
+                # lost with the old TAP: what the stopped source read
+                # (it cannot give it to the guest any more), what it
+                # dropped, and what nobody read
+                r['old_tap_lost'] = (quit_['tx_packets'] - stop['tx_packets']
+                                     + quit_['tx_dropped'] -
+                                     stop['tx_dropped'] +
+                                     quit_.get('unread', 0))
             if keep_name:
                 try:
                     down = rename_tap(self.pid, new.ifname, t.ifname,
@@ -714,4 +760,5 @@ class Onboarding:
                     self.log(f'netdev {t.id}: not renamed: {e}')
             out[t.id] = r
         self.new = {}
+        self.close()
         return out

@@ -1,0 +1,395 @@
+#!/usr/bin/env python3
+#
+# Onboarding: a VM started on Debian's stock QEMU with -netdev tap (7.2
+# from bookworm, 10.0.x from bookworm-backports, unpacked by
+# scripts/stock-qemu/fetch-stock-qemu.sh) is moved onto this project's
+# QEMU and -netdev tap-transfer by `tap-transfer-upgrade --onboard`: a
+# new TAP like the old one, an ordinary migration (the lossy hop), and
+# from then on upgrades that hand the TAP over with zero loss.
+#
+# The VM is shaped like a production one: daemonized, QMP on a UNIX
+# socket, a pidfile, its serial console logged to a file, a qcow2 disk on
+# which the guest writes numbered fsync'ed records, a TAP made by its
+# ifup script on a bridge that also has an uplink port (a veth pair), in
+# a network namespace of the test's own with 10.0.0.0/24.  Everything is
+# removed afterwards, also on failure.
+#
+# Environment (scripts/stock-qemu/run-onboard-test.sh sets it):
+#   TAP_TRANSFER_GUEST        the guest's kernel and initrd
+#   TAP_TRANSFER_UPGRADE      tools/tap-transfer-upgrade
+#   TAP_TRANSFER_QEMU_10_2    this project's 10.2 binary
+#   TAP_TRANSFER_STOCK_7_2, TAP_TRANSFER_STOCK_10_0
+#                             a stock binary, or "unavailable: WHY"
+#   TAP_TRANSFER_STOCK_L_7_2, TAP_TRANSFER_STOCK_L_10_0
+#                             its -L options (firmware)
+# QEMU_TEST_QEMU_BINARY is this project's 10.0 build.  What is missing
+# makes the test skip, saying so.
+#
+# This work is licensed under the terms of the GNU GPL, version 2 or
+# later.  See the COPYING file in the top-level directory.
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+from qemu_test import QemuSystemTest
+
+
+HOST_ADDR = '10.0.0.1'
+GUEST_ADDR = '10.0.0.2'
+GUEST_MAC = '52:54:00:12:34:56'
+GUEST_READY = 'tap-transfer guest ready'
+PPS = 500
+RECORDS = 2000
+
+
+def pid_alive(pid):
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
+    except (OSError, IndexError):
+        return False
+
+
+class TapTransferOnboard(QemuSystemTest):
+
+    _namespaces = 0
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest('needs root: a network namespace, TAPs, a bridge')
+        if not os.path.exists('/dev/net/tun'):
+            self.skipTest('no /dev/net/tun')
+        self.guest = os.environ.get('TAP_TRANSFER_GUEST')
+        if not self.guest or not all(
+                os.path.isfile(os.path.join(self.guest, f))
+                for f in ('vmlinuz', 'initrd.gz')):
+            self.skipTest('TAP_TRANSFER_GUEST names no guest kernel and '
+                          'initrd (scripts/guest/build-guest.sh)')
+        self.tool = os.environ.get('TAP_TRANSFER_UPGRADE')
+        if not self.tool or not os.path.isfile(self.tool):
+            self.skipTest('TAP_TRANSFER_UPGRADE names no '
+                          'tools/tap-transfer-upgrade')
+        for tool in ('ip', 'nsenter', 'ping', 'bridge', 'tc'):
+            if subprocess.run(['which', tool],
+                              capture_output=True).returncode:
+                self.skipTest(f'no {tool} command')
+        self.require_netdev('tap-transfer')
+        self.qemu_img = os.environ.get('QEMU_TEST_QEMU_IMG')
+        if not self.qemu_img or not os.path.isfile(self.qemu_img):
+            self.skipTest('no qemu-img (QEMU_TEST_QEMU_IMG)')
+
+        TapTransferOnboard._namespaces += 1
+        self.ns = f'tt-onb-{os.getpid()}-{self._namespaces}'
+        self.pings = []
+        self.pids = set()
+        subprocess.run(['ip', 'netns', 'add', self.ns], check=True)
+        self.addCleanup(subprocess.run, ['ip', 'netns', 'del', self.ns],
+                        stderr=subprocess.DEVNULL)
+        self.addCleanup(self.kill_qemus)
+        self.addCleanup(self.kill_pings)
+        self.nsrun('ip', 'link', 'set', 'lo', 'up')
+        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1')
+        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=1')
+        self.nsrun('ip', 'link', 'add', 'br0', 'type', 'bridge')
+        self.nsrun('ip', 'addr', 'add', f'{HOST_ADDR}/24', 'dev', 'br0')
+        # an uplink, as a host's bridge has: the bridge keeps its
+        # carrier while the VM's port is down for a rename
+        self.nsrun('ip', 'link', 'add', 'up0', 'type', 'veth', 'peer',
+                   'name', 'up1')
+        self.nsrun('ip', 'link', 'set', 'up0', 'master', 'br0', 'up')
+        self.nsrun('ip', 'link', 'set', 'up1', 'up')
+        self.nsrun('ip', 'link', 'set', 'br0', 'up')
+        self.dir = self.workdir
+        self.ifup = os.path.join(self.dir, 'ifup')
+        with open(self.ifup, 'w') as f:
+            f.write('#!/bin/sh\nip link set "$1" master br0 mtu 1400 '
+                    'txqueuelen 700 up\n')
+        os.chmod(self.ifup, 0o755)
+        self.qmp = os.path.join(self.socket_dir().name, 'qmp.sock')
+        self.pidfile = os.path.join(self.dir, 'qemu.pid')
+        self.console = os.path.join(self.dir, 'console.log')
+        self.disk = os.path.join(self.dir, 'disk.qcow2')
+
+    # helpers
+
+    def nsrun(self, *args, check=True):
+        return subprocess.run(['ip', 'netns', 'exec', self.ns, *args],
+                              check=check, capture_output=True,
+                              text=True).stdout
+
+    def note(self, text):
+        self.log.info(text)
+        print(f'# {text}', flush=True)
+
+    def binary(self, var, what):
+        b = os.environ.get(var, '')
+        if b.startswith('unavailable'):
+            self.skipTest(f'{what}: {b}')
+        if not b or not os.access(b, os.X_OK):
+            self.skipTest(f'{what}: {var} names no binary')
+        return b
+
+    def kill_qemus(self):
+        for pid in list(self.pids) + [self.read_pid()]:
+            if pid and pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+
+    def kill_pings(self):
+        for p in self.pings:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.out.close()
+
+    def read_pid(self):
+        try:
+            with open(self.pidfile) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return None
+
+    def links(self):
+        return sorted(line.split(':')[1].strip().split('@')[0]
+                      for line in self.nsrun('ip', '-o', 'link',
+                                             'show').splitlines())
+
+    def link(self, ifname):
+        out = self.nsrun('ip', '-j', 'link', 'show', 'dev', ifname,
+                         check=False)
+        return json.loads(out)[0] if out.strip() else None
+
+    # the VM
+
+    def start_stock(self, binary, fw):
+        subprocess.run([self.qemu_img, 'create', '-q', '-f', 'qcow2',
+                        self.disk, '16M'], check=True)
+        args = ['nsenter', f'--net=/run/netns/{self.ns}', binary, *fw,
+                '-M', 'pc', '-accel', 'tcg', '-m', '128', '-nodefaults',
+                '-display', 'none', '-name', 'onboard-vm',
+                '-kernel', os.path.join(self.guest, 'vmlinuz'),
+                '-initrd', os.path.join(self.guest, 'initrd.gz'),
+                '-append', f'console=ttyS0 quiet tt.addr={GUEST_ADDR}/24 '
+                f'tt.records={RECORDS}',
+                '-drive', f'file={self.disk},if=none,id=d0,format=qcow2',
+                '-device', 'virtio-blk-pci,drive=d0,id=blk0',
+                '-netdev', f'tap,id=n0,ifname=tap0,script={self.ifup},'
+                'downscript=no',
+                '-device', f'virtio-net-pci,netdev=n0,mac={GUEST_MAC},'
+                'id=nic0',
+                '-serial', f'file:{self.console}',
+                '-qmp', f'unix:{self.qmp},server=on,wait=off',
+                '-pidfile', self.pidfile, '-daemonize']
+        r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, f'stock QEMU: {r.stderr.strip()}')
+        self.pids.add(self.read_pid())
+        self.wait_console(GUEST_READY)
+        self.wait_ping()
+
+    def wait_console(self, text, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(self.console, errors='replace') as f:
+                    if text in f.read():
+                        return
+            except FileNotFoundError:
+                pass
+            time.sleep(0.1)
+        self.fail(f'no "{text}" on the console')
+
+    def wait_ping(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = subprocess.run(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
+                                '-c', '1', '-W', '1', GUEST_ADDR],
+                               capture_output=True)
+            if r.returncode == 0:
+                return
+        self.fail(f'the guest ({GUEST_ADDR}) does not answer')
+
+    def start_ping(self, count):
+        out = open(os.path.join(self.dir, f'ping{len(self.pings)}'), 'w+')
+        p = subprocess.Popen(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
+                              '-D', '-i', str(1 / PPS), '-c', str(count),
+                              '-W', '1', GUEST_ADDR],
+                             stdout=out, stderr=subprocess.STDOUT, text=True)
+        p.out = out
+        self.pings.append(p)
+        return p
+
+    def stop_ping(self, p):
+        """Stop the flood; the unanswered pings that a later one was
+        answered after (those in flight at the end do not count)."""
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+        p.wait(30)
+        p.out.seek(0)
+        text = p.out.read()
+        replies = [(float(m.group(1)), int(m.group(2))) for m in re.finditer(
+            r'^\[([\d.]+)\] .*icmp_seq=(\d+) .*time=', text, re.M)]
+        self.assertTrue(replies, f'no replies: {text[-300:]}')
+        answered = {seq for _, seq in replies}
+        last = max(answered)
+        lost = [s for s in range(1, last) if s not in answered]
+        gaps = [b[0] - a[0] for a, b in zip(replies, replies[1:])]
+        return {'sent': last, 'lost': lost,
+                'max_gap_ms': round(max(gaps) * 1000, 1) if gaps else 0}
+
+    def upgrade(self, to, *extra):
+        """Run the command on the VM; its JSON report"""
+        cmd = [sys.executable, self.tool, '--qmp', self.qmp, '--to', to,
+               '--json', *extra]
+        self.log.info('running %s', shlex.join(cmd))
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        self.log.info('stderr: %s', r.stderr)
+        try:
+            report = json.loads(r.stdout)
+        except ValueError:
+            self.fail(f'no JSON report (exit {r.returncode}): '
+                      f'{r.stderr[-500:]}')
+        self.assertTrue(report.get('ok'), f"failed: {report.get('error')}")
+        self.assertEqual(r.returncode, 0)
+        self.pids.add(report.get('new_pid'))
+        return report
+
+    def hop(self, to, *extra):
+        """One upgrade under a ping flood: (report, ping result)"""
+        p = self.start_ping(PPS * 60)
+        time.sleep(1.5)
+        report = self.upgrade(to, *extra)
+        time.sleep(1.5)
+        return report, self.stop_ping(p)
+
+    def query(self, *cmds):
+        """Commands on the VM's QMP socket, with QEMU's own QMP library"""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+        q = QEMUMonitorProtocol(self.qmp)
+        q.connect()
+        try:
+            return [q.cmd(name, **args) for name, args in cmds]
+        finally:
+            q.close()
+
+    def check_paths(self, report, version):
+        """The QMP path answers from the new QEMU, which the pidfile
+        names; the console log was appended to"""
+        v, = self.query(('query-version', {}))
+        self.assertEqual(f"{v['qemu']['major']}.{v['qemu']['minor']}",
+                         version)
+        self.assertEqual(self.read_pid(), report['new_pid'])
+        self.assertFalse(pid_alive(report['old_pid']), 'the source runs')
+        with open(self.console, errors='replace') as f:
+            self.assertIn(GUEST_READY, f.read(),
+                          'the console log lost its start')
+
+    def check_disk(self):
+        """Quit the VM; every record the guest acknowledged is on the
+        disk, and qemu-img check finds nothing wrong"""
+        pid = self.read_pid()
+        self.query(('quit', {}))
+        deadline = time.monotonic() + 30
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(self.console, errors='replace') as f:
+            acked = {int(n) for n in re.findall(r'tt-record (\d+) acked',
+                                                f.read())}
+        self.assertTrue(acked, 'the guest acknowledged no record')
+        raw = os.path.join(self.dir, 'disk.raw')
+        subprocess.run([self.qemu_img, 'convert', '-O', 'raw', self.disk,
+                        raw], check=True)
+        with open(raw, 'rb') as f:
+            data = f.read()
+        bad = [n for n in sorted(acked)
+               if data[n * 512:n * 512 + 14] != b'TTREC %08d' % n]
+        self.assertFalse(bad, f'acknowledged records not on disk: {bad[:10]}')
+        r = subprocess.run([self.qemu_img, 'check', self.disk],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, f'qemu-img check: {r.stdout}')
+        self.note(f'{len(acked)} records acknowledged, all on disk, '
+                  'qemu-img check clean')
+
+    def onboard(self, to, keep_name):
+        old = self.link('tap0')
+        extra = ['--onboard'] + (['--keep-name'] if keep_name else [])
+        report, r = self.hop(to, *extra)
+        ob = report['onboard']
+        tap = ob['taps']['n0']
+        self.note(f"onboarding hop {report['old_version']} -> "
+                  f"{report['new_version']}: downtime "
+                  f"{report['downtime_ms']} ms, {r['sent']} pings at "
+                  f"{PPS}/s, lost {len(r['lost'])} {r['lost'][:10]}, longest "
+                  f"reply gap {r['max_gap_ms']} ms; frames lost on the old "
+                  f"TAP (counters) {ob['old_tap_frames_lost']}; "
+                  f"{tap['old_ifname']} -> {tap['new_ifname']}"
+                  f"{', rename: link down %s ms' % tap['rename_link_down_ms'] if tap.get('renamed') else ''}")
+        self.assertTrue(ob['lossy_hop'])
+        new = self.link(tap['new_ifname'])
+        self.assertIsNotNone(new, 'the new TAP is gone')
+        self.assertNotEqual(new['ifindex'], old['ifindex'])
+        self.assertEqual(new.get('master'), 'br0')
+        self.assertEqual(new['mtu'], old['mtu'])
+        self.assertEqual(new['txqlen'], old['txqlen'])
+        self.assertIn('UP', new['flags'])
+        self.assertIsNone(self.link(tap['old_ifname'])
+                          if not keep_name else None)
+        if keep_name:
+            self.assertTrue(tap.get('renamed'), tap.get('rename_error'))
+            self.assertEqual(tap['new_ifname'], 'tap0')
+        self.assertEqual(report['netdevs']['n0']['ifname'],
+                         tap['old_ifname'] if keep_name else
+                         tap['new_ifname'])
+        return report, r
+
+    # the tests
+
+    def test_onboard_7_2_then_upgrade_10_2(self):
+        """Stock 7.2 (machine pc = pc-i440fx-7.2) onboarded onto this
+        project's 10.0, the TAP renamed to its old name; then upgraded
+        to 10.2 with the TAP handed over: 0 pings lost on that hop."""
+        stock = self.binary('TAP_TRANSFER_STOCK_7_2', 'stock QEMU 7.2')
+        fw = shlex.split(os.environ.get('TAP_TRANSFER_STOCK_L_7_2', ''))
+        q102 = self.binary('TAP_TRANSFER_QEMU_10_2', 'QEMU 10.2 build')
+        self.start_stock(stock, fw)
+        report, _ = self.onboard(self.qemu_bin, keep_name=True)
+        self.assertEqual(report['machine'], 'pc-i440fx-7.2')
+        self.check_paths(report, '10.0')
+        links = self.links()
+        report, r = self.hop(q102)
+        self.note(f"next hop {report['old_version']} -> "
+                  f"{report['new_version']} (handover): downtime "
+                  f"{report['downtime_ms']} ms, {r['sent']} pings, lost "
+                  f"{len(r['lost'])}, longest reply gap {r['max_gap_ms']} ms")
+        self.assertTrue(report['same_tap_kcmp'])
+        self.assertTrue(report['same_ifindex'])
+        self.assertEqual(r['lost'], [], 'pings lost on the handover')
+        self.assertEqual(self.links(), links, 'links came or went')
+        self.check_paths(report, '10.2')
+        self.wait_console('tt-record 300 acked')
+        self.check_disk()
+
+    def test_onboard_stock_10_0_to_10_2(self):
+        """Stock 10.0.x (bookworm-backports) onboarded onto this
+        project's 10.2; the new TAP keeps its new name."""
+        stock = self.binary('TAP_TRANSFER_STOCK_10_0', 'stock QEMU 10.0')
+        fw = shlex.split(os.environ.get('TAP_TRANSFER_STOCK_L_10_0', ''))
+        q102 = self.binary('TAP_TRANSFER_QEMU_10_2', 'QEMU 10.2 build')
+        self.start_stock(stock, fw)
+        report, _ = self.onboard(q102, keep_name=False)
+        self.assertEqual(report['machine'], 'pc-i440fx-10.0')
+        self.check_paths(report, '10.2')
+        self.wait_ping()
+        self.check_disk()
+
+
+if __name__ == '__main__':
+    QemuSystemTest.main()
