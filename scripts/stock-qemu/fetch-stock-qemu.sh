@@ -1,6 +1,6 @@
 #!/bin/bash
 # Unpack one of Debian's stock QEMUs (qemu-system-x86 with its common and
-# data packages, seabios and ipxe-qemu) into a directory of its own, with
+# data packages, qemu-utils for qemu-img, seabios and ipxe-qemu) into a directory of its own, with
 # apt-get download + dpkg -x: the system's QEMU, if any, is left alone.
 # The runtime libraries the binary links to are installed with apt (they
 # are ordinary Debian libraries, not QEMU).  Prints the binary's path.
@@ -49,16 +49,18 @@ qemu_ver=$(served qemu-system-x86 "$prefix")
     unserved "stock QEMU $series: the archive serves no qemu-system-x86 ${prefix#1:}x (apt-get update; bookworm-backports for 10.0: scripts/install-deps.sh)"
 common_ver=$(served qemu-system-common "$prefix")
 data_ver=$(served qemu-system-data "$prefix")
+utils_ver=$(served qemu-utils "$prefix")
 bios_ver=$(served seabios '')
 ipxe_ver=$(served ipxe-qemu '')
 for pv in "qemu-system-common:$common_ver" "qemu-system-data:$data_ver" \
+          "qemu-utils:$utils_ver" \
           "seabios:$bios_ver" "ipxe-qemu:$ipxe_ver"; do
     [ -n "${pv#*:}" ] ||
         unserved "stock QEMU $series: the archive serves no ${pv%%:*} to go with qemu-system-x86 $qemu_ver"
 done
 rm -f "$unavailable"
 
-want="$qemu_ver $common_ver $data_ver $bios_ver $ipxe_ver v1"
+want="$qemu_ver $common_ver $data_ver $utils_ver $bios_ver $ipxe_ver v2"
 if [ -f "$dir/ready" ] && [ "$(cat "$dir/ready")" = "$want" ] &&
    [ -x "$dir/root/usr/bin/qemu-system-x86_64" ]; then
     echo "$dir/root/usr/bin/qemu-system-x86_64"
@@ -70,6 +72,7 @@ mkdir -p "$dir/debs" "$dir/root"
 (cd "$dir/debs" &&
  apt-get download -q -o APT::Sandbox::User=root "qemu-system-x86=$qemu_ver" \
      "qemu-system-common=$common_ver" "qemu-system-data=$data_ver" \
+     "qemu-utils=$utils_ver" \
      "seabios=$bios_ver" "ipxe-qemu=$ipxe_ver" >&2) ||
     unserved "stock QEMU $series: apt-get download of qemu-system-x86 $qemu_ver failed"
 for deb in "$dir"/debs/*.deb; do
@@ -79,7 +82,8 @@ done
 # The libraries: what the two packages with binaries depend on, minus
 # QEMU's own packages and firmware; installed only when missing.
 libs=$(for deb in "$dir"/debs/qemu-system-x86_*.deb \
-                  "$dir"/debs/qemu-system-common_*.deb; do
+                  "$dir"/debs/qemu-system-common_*.deb \
+                  "$dir"/debs/qemu-utils_*.deb; do
            dpkg-deb -f "$deb" Depends
        done | tr ',' '\n' | sed 's/([^)]*)//; s/|.*//; s/ //g' |
        grep -v -e '^$' -e '^qemu-' -e '^seabios$' -e '^ipxe-qemu$' | sort -u)
@@ -98,10 +102,12 @@ if [ -n "$missing" ]; then
 fi
 
 bin=$dir/root/usr/bin/qemu-system-x86_64
-if ldd "$bin" | grep -q 'not found'; then
-    echo "fetch-stock-qemu: $bin still lacks: $(ldd "$bin" | awk '/not found/ { printf "%s ", $1 }')" >&2
-    exit 1
-fi
+for b in "$bin" "$dir/root/usr/bin/qemu-img"; do
+    if ldd "$b" | grep -q 'not found'; then
+        echo "fetch-stock-qemu: $b still lacks: $(ldd "$b" | awk '/not found/ { printf "%s ", $1 }')" >&2
+        exit 1
+    fi
+done
 
 # Firmware from the unpacked tree: QEMU's data, SeaBIOS, iPXE's ROMs
 fw=

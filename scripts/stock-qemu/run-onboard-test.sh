@@ -65,7 +65,12 @@ fi
 export TAP_TRANSFER_UPGRADE=$top/tools/tap-transfer-upgrade
 export TAP_TRANSFER_QEMU_PYTHON=$src/python
 export QEMU_TEST_QEMU_BINARY=$build/qemu-system-x86_64
+# qemu-img: this build's if it has tools, else a stock package's
 export QEMU_TEST_QEMU_IMG=$build/qemu-img
+for s in 10.0 7.2; do
+    [ -x "$QEMU_TEST_QEMU_IMG" ] && break
+    QEMU_TEST_QEMU_IMG=$root/stock/stock-$s/root/usr/bin/qemu-img
+done
 export QEMU_BUILD_ROOT=$build
 export PYTHONPATH=$src/python:$src/tests/functional
 
