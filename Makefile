@@ -4,8 +4,10 @@
 #   make check    ... and run the tests
 #   make demo     ... and upgrade a real guest's QEMU 10.0 -> 10.2 (and back)
 #                 under a ping flood, with a report
-#   make bench    ... and compare with today's practice (RUNS=5)
-#   make install  ... and install each QEMU under PREFIX (/opt/tap-transfer)
+#   make bench    ... and compare with today's practice (RUNS=5), and time
+#                 tap-transfer-upgrade for 1 VM and 3 VMs
+#   make install  ... and install each QEMU under PREFIX (/opt/tap-transfer),
+#                 and tap-transfer-upgrade in PREFIX/bin
 #   make soak     ... and count lost pings over many handovers (N=200)
 #   make check SANITIZE=1   the tests under ASan/UBSan, in build-sanitize/
 #
@@ -31,7 +33,7 @@ MESON ?= meson
 all: build
 
 deps:
-	scripts/install-deps.sh
+	scripts/pipeline/install-deps.sh
 
 $(BUILD)/build.ninja:
 	$(MAKE) deps
@@ -47,7 +49,7 @@ build: deps setup
 
 check: build
 	$(MESON) test -C $(BUILD) --print-errorlogs --no-rebuild || true
-	scripts/test-summary.py $(BUILD)/meson-logs/testlog.json
+	scripts/pipeline/test-summary.py $(BUILD)/meson-logs/testlog.json
 
 ifeq ($(QEMU_VERSION),10.0)
 QEMU_BIN = $(BUILD)/qemu-build/qemu-system-x86_64
@@ -56,35 +58,38 @@ QEMU_BIN = $(BUILD)/qemu-$(QEMU_VERSION)-build/qemu-system-x86_64
 endif
 
 guest: deps
-	scripts/guest/build-guest.sh
+	scripts/lab/guest/build-guest.sh
 
 # The guest boots on QEMU 10.0 and is upgraded to 10.2 under the flood,
 # then rolled back, when 10.2 is built (UPGRADE=0: one 10.0 -> 10.0 hop)
 UPGRADE ?= 1
 UPGRADE_BIN = $(BUILD)/qemu-10.2-build/qemu-system-x86_64
 demo: build guest
-	scripts/demo.py --qemu $(QEMU_BIN) --guest "$$(scripts/guest/build-guest.sh)" \
+	scripts/lab/demo.py --qemu $(QEMU_BIN) --guest "$$(scripts/lab/guest/build-guest.sh)" \
 	    $$(if [ "$(UPGRADE)$(QEMU_VERSION)" = 110.0 ] && [ -x $(UPGRADE_BIN) ]; then \
 	         echo --upgrade-to $(UPGRADE_BIN) --rollback; fi)
 
 # RUNS=N runs of each mode (default 5); results in $(BUILD)/bench/
 RUNS ?= 5
 bench: build guest
-	scripts/bench.py --qemu $(QEMU_BIN) --guest "$$(scripts/guest/build-guest.sh)" \
-	    --runs $(RUNS) --out $(BUILD)/bench
+	scripts/lab/bench.py --qemu $(QEMU_BIN) --guest "$$(scripts/lab/guest/build-guest.sh)" \
+	    --runs $(RUNS) --out $(BUILD)/bench \
+	    $$(if [ "$(UPGRADE)$(QEMU_VERSION)" = 110.0 ] && [ -x $(UPGRADE_BIN) ]; then \
+	         echo --upgrade-to $(UPGRADE_BIN); fi)
 
 # N handovers single-queue under 500 pings/s, N/2 with 4 queues, shared RAM
 # and a ping flood; results in $(BUILD)/soak/.  Not part of make check.
 N ?= 200
 soak: build guest
-	scripts/soak.py --qemu $(QEMU_BIN) --guest "$$(scripts/guest/build-guest.sh)" \
+	scripts/lab/soak.py --qemu $(QEMU_BIN) --guest "$$(scripts/lab/guest/build-guest.sh)" \
 	    --n $(N) --out $(BUILD)/soak
 
-# Each QEMU series under its own prefix: $(PREFIX)/qemu-10.0, ...
+# Each QEMU series under its own prefix: $(PREFIX)/qemu-10.0, ...; the
+# upgrade command in $(PREFIX)/bin
 PREFIX ?= /opt/tap-transfer
 DESTDIR ?=
 install: build
-	scripts/install.sh $(BUILD) $(PREFIX) $(DESTDIR)
+	scripts/pipeline/install.sh $(BUILD) $(PREFIX) $(DESTDIR)
 
 clean:
 	rm -rf $(BUILD)

@@ -11,7 +11,7 @@
 # backend-transfer parameter on (one test instead opens the TAP itself
 # and migrates over fd: channels, as libvirt does).  The guest (a
 # kernel and a busybox initramfs built by tap-transfer's
-# scripts/guest/build-guest.sh) is
+# scripts/lab/guest/build-guest.sh) is
 # found through TAP_TRANSFER_GUEST; without it, or without root, the
 # tests skip and say why.
 #
@@ -123,7 +123,7 @@ class TapTransfer(QemuSystemTest):
         self.guest = os.environ.get('TAP_TRANSFER_GUEST')
         if not self.guest:
             self.skipTest('TAP_TRANSFER_GUEST is not set: no guest kernel '
-                          'and initrd (scripts/guest/build-guest.sh)')
+                          'and initrd (scripts/lab/guest/build-guest.sh)')
         for f in ('vmlinuz', 'initrd.gz'):
             if not os.path.isfile(os.path.join(self.guest, f)):
                 self.skipTest(f'no {f} in TAP_TRANSFER_GUEST={self.guest}')

@@ -12,7 +12,7 @@ set -euo pipefail
 
 src=${1:?usage: prepare-tree.sh QEMU_SRC DEST}
 dest=${2:?usage: prepare-tree.sh QEMU_SRC DEST}
-top=$(cd "$(dirname "$0")/.." && pwd)
+top=$(cd "$(dirname "$0")/../.." && pwd)
 overlay_dirs="net migration qapi hw include tests docs"
 
 if [ ! -f "$src/VERSION" ] || [ ! -f "$src/net/tap.c" ]; then

@@ -8,7 +8,7 @@ it is torn down on exit, Ctrl-C or failure.
 QEMU is run and spoken to with QEMU's own Python tooling (qemu.machine's
 QEMUMachine, qemu.qmp) from the tree that built the QEMU under test.
 
-Used by demo.py, bench.py, e2e.py and soak.py.
+Used by demo.py, bench.py and soak.py.
 """
 
 import bisect
@@ -52,13 +52,13 @@ def qemu_python(qemu):
 
 
 # QEMU's Python tooling, imported by import_qemu_python()
-QEMUMachine = QMPError = AbnormalShutdown = None
+QEMUMachine = QMPError = AbnormalShutdown = QEMUMonitorProtocol = None
 
 
 def import_qemu_python(path):
     """Import QEMU's own Python tooling (qemu.machine, qemu.qmp) from
     @path, a QEMU tree's python/ directory."""
-    global QEMUMachine, QMPError, AbnormalShutdown
+    global QEMUMachine, QMPError, AbnormalShutdown, QEMUMonitorProtocol
     if not os.path.isdir(os.path.join(path, 'qemu', 'machine')):
         raise LabError(f'no QEMU Python tooling (qemu/machine) in {path}')
     if path not in sys.path:
@@ -67,6 +67,7 @@ def import_qemu_python(path):
     from qemu.machine import QEMUMachine
     from qemu.machine.machine import AbnormalShutdown
     from qemu.qmp import QMPError
+    from qemu.qmp.legacy import QEMUMonitorProtocol
 
 
 class Vm:
@@ -156,6 +157,128 @@ class Vm:
             pass
 
 
+def alive(pid):
+    """@pid runs (a zombie counts as gone)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
+    except (OSError, IndexError):
+        return False
+
+
+RECORD_ACK = re.compile(r'^tt-record (\d+) acked', re.M)
+
+
+class DaemonVm:
+    """A VM as an operator runs it, in a directory of its own: QMP on a
+    UNIX socket, a pidfile, the serial console logged to a file,
+    -daemonize, and optionally a qcow2 disk that the guest writes
+    numbered records to (acked on its console).  Whatever QEMU holds it
+    (an upgrade replaces the process) is found through the pidfile."""
+
+    def __init__(self, lab, name, directory):
+        self.lab = lab
+        self.name = name
+        self.dir = directory
+        self.qmp_path = os.path.join(directory, 'qmp.sock')
+        self.pidfile = os.path.join(directory, 'qemu.pid')
+        self.console = os.path.join(directory, 'console.log')
+        self.disk = None
+        self.pids = set()
+
+    def pid(self):
+        with open(self.pidfile) as f:
+            pid = int(f.read().strip())
+        self.pids.add(pid)
+        return pid
+
+    def cmd(self, name, /, **args):
+        q = QEMUMonitorProtocol(self.qmp_path)
+        q.connect()
+        try:
+            return q.cmd(name, **args)
+        except QMPError as e:
+            raise LabError(f'{self.name}: {name}: {e}') from e
+        finally:
+            q.close()
+
+    def console_text(self):
+        try:
+            with open(self.console, errors='replace') as f:
+                return f.read()
+        except FileNotFoundError:
+            return ''
+
+    def wait_serial(self, text, timeout=90):
+        deadline = time.monotonic() + timeout
+        while text not in self.console_text():
+            if time.monotonic() > deadline:
+                raise LabError(f'{self.name}: no "{text}" on the console')
+            time.sleep(0.1)
+
+    def acked(self):
+        """The record numbers the guest acked on its console."""
+        return [int(n) for n in RECORD_ACK.findall(self.console_text())]
+
+    def wait_acks(self, count, timeout=60):
+        deadline = time.monotonic() + timeout
+        while len(self.acked()) < count:
+            if time.monotonic() > deadline:
+                raise LabError(f'{self.name}: fewer than {count} records')
+            time.sleep(0.1)
+
+    def quit(self, timeout=30):
+        pid = self.pid()
+        try:
+            self.cmd('quit')
+        except Exception:           # pylint: disable=broad-except
+            pass
+        deadline = time.monotonic() + timeout
+        while alive(pid):
+            if time.monotonic() > deadline:
+                raise LabError(f'{self.name}: QEMU {pid} did not quit')
+            time.sleep(0.05)
+
+    def kill(self):
+        """Every QEMU that held this VM, and one the command started
+        (its command line names this directory)."""
+        try:
+            self.pid()
+        except (OSError, ValueError):
+            pass
+        for pid in os.listdir('/proc'):
+            if pid.isdigit():
+                try:
+                    with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                        if self.qmp_path.encode() in f.read():
+                            self.pids.add(int(pid))
+                except OSError:
+                    pass
+        for pid in self.pids:
+            if alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def check_disk(self, qemu_img):
+        """After the VM quit: qemu-img check, and every acked record on
+        the disk.  (acked, missing, check output)"""
+        check = subprocess.run([qemu_img, 'check', self.disk],
+                               capture_output=True, text=True)
+        raw = self.disk + '.raw'
+        subprocess.run([qemu_img, 'convert', '-f', 'qcow2', '-O', 'raw',
+                        self.disk, raw], check=True)
+        acked, missing = self.acked(), []
+        with open(raw, 'rb') as f:
+            for n in acked:
+                f.seek(n * 512)
+                if f.read(15) != f'TTREC {n:08d}\n'.encode():
+                    missing.append(n)
+        os.unlink(raw)
+        return acked, missing, check
+
+
 class Lab:
     def __init__(self, qemu, guest_dir, mem=128, shared_ram=False,
                  python_dir=None, machine='pc'):
@@ -173,6 +296,7 @@ class Lab:
         self.ns = f'tt-lab-{os.getpid()}'
         self.dir = None
         self.vms = []
+        self.daemons = []
         self.pings = []
         self._pings_started = 0
         self._counter = 0
@@ -209,6 +333,11 @@ class Lab:
                 vm.stop()
             except Exception:
                 vm.machine.kill()
+        for vm in self.daemons:
+            vm.kill()
+            shm = f'/dev/shm/tap-transfer-lab-{self.ns}-{vm.name}'
+            if os.path.exists(shm):
+                os.unlink(shm)
         subprocess.run(['ip', 'netns', 'del', self.ns],
                        stderr=subprocess.DEVNULL)
         if self.shared_ram:
@@ -241,15 +370,15 @@ class Lab:
                          capture=True, check=False)
         return int(out) if out.strip() else None
 
-    def wait_ping(self, timeout=60):
+    def wait_ping(self, addr=GUEST_ADDR, timeout=60):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             r = subprocess.run(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
-                                '-c', '1', '-W', '1', GUEST_ADDR],
+                                '-c', '1', '-W', '1', addr],
                                capture_output=True)
             if r.returncode == 0:
                 return
-        raise LabError(f'guest {GUEST_ADDR} does not answer')
+        raise LabError(f'guest {addr} does not answer')
 
     def start_ping(self, count, interval=0.002, preload=None, source=None):
         """A ping flood from the bridge; finish it with ping_result(), or
@@ -387,6 +516,55 @@ class Lab:
         vm.trace_log = trace_log
         self.vms.append(vm)
         return vm
+
+    def start_daemon(self, name, netdev, qemu=None, disk_mb=0,
+                     shared_ram=True, addr=GUEST_ADDR, mac=GUEST_MAC,
+                     extra_args=()):
+        """A daemonized VM shaped like a production one (DaemonVm), in
+        the lab's namespace, -M pc (the upgrade command pins it);
+        @netdev: the -netdev value without its id; @disk_mb: a qcow2
+        disk of that size that the guest writes records to."""
+        vm = DaemonVm(self, name, os.path.join(self.dir, name))
+        os.makedirs(vm.dir)
+        records = ''
+        args = ['-name', name, '-M', self.machine_type, '-accel', 'tcg',
+                '-m', str(self.mem), '-nodefaults', '-display', 'none',
+                '-kernel', os.path.join(self.guest_dir, 'vmlinuz'),
+                '-initrd', os.path.join(self.guest_dir, 'initrd.gz'),
+                '-serial', f'file:{vm.console}',
+                '-qmp', f'unix:{vm.qmp_path},server=on,wait=off',
+                '-pidfile', vm.pidfile, '-daemonize',
+                '-netdev', f'{netdev},id=n0',
+                '-device', f'virtio-net-pci,netdev=n0,id=nic0,mac={mac}']
+        if shared_ram:
+            args += ['-object', 'memory-backend-file,id=ram0,share=on,'
+                     f'mem-path=/dev/shm/tap-transfer-lab-{self.ns}-{name},'
+                     f'size={self.mem}M', '-machine', 'memory-backend=ram0']
+        if disk_mb:
+            vm.disk = os.path.join(vm.dir, 'disk.qcow2')
+            subprocess.run([self.qemu_img(), 'create', '-q', '-f', 'qcow2',
+                            vm.disk, f'{disk_mb}M'], check=True)
+            args += ['-drive', f'file={vm.disk},if=none,id=disk0,'
+                     'format=qcow2',
+                     '-device', 'virtio-blk-pci,drive=disk0,id=vblk0']
+            records = ' tt.records=1000000'
+        args += ['-append', f'console=ttyS0 quiet tt.addr={addr}/24'
+                 f'{records}', *extra_args]
+        self.daemons.append(vm)
+        r = subprocess.run(['nsenter', f'--net=/run/netns/{self.ns}',
+                            os.path.abspath(qemu or self.qemu), *args],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise LabError(f'{name} did not start: {r.stderr.strip()}')
+        vm.pid()
+        return vm
+
+    @staticmethod
+    def qemu_img():
+        img = shutil.which('qemu-img')
+        if not img:
+            raise LabError('no qemu-img (Debian package qemu-utils)')
+        return img
 
     def boot(self, netdev, **kw):
         vm = self.start_vm(netdev, **kw)

@@ -36,7 +36,7 @@ import time
 import ttlab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
+REPO = os.path.dirname(os.path.dirname(HERE))
 
 # On in every QEMU for its whole life: cheap, a few lines per migration
 TRACE_ALWAYS = ['vmstate_downtime_checkpoint', 'vm_state_notify',

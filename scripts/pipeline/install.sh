@@ -6,6 +6,8 @@
 #   PREFIX/qemu-10.0/lib/x86_64-linux-gnu/qemu/net-tap-transfer.so ...
 #   PREFIX/qemu-10.0/share/qemu/   firmware, copied from Debian's packages
 #   PREFIX/qemu-10.2/...
+#   PREFIX/bin/tap-transfer-upgrade     the operator's command, and
+#   PREFIX/lib/tap-transfer/python/     the QEMU Python (qemu.qmp) it uses
 #
 #   install.sh BUILD_ROOT PREFIX [DESTDIR]
 #
@@ -18,6 +20,7 @@ set -euo pipefail
 root=$(cd "${1:?usage: install.sh BUILD_ROOT PREFIX [DESTDIR]}" && pwd)
 prefix=${2:?usage: install.sh BUILD_ROOT PREFIX [DESTDIR]}
 destdir=${3:-}
+top=$(cd "$(dirname "$0")/../.." && pwd)
 
 case "$prefix" in
 /*) ;;
@@ -64,7 +67,23 @@ install_series() {
           2>/dev/null || echo "$series") -> $dest"
 }
 
+# The operator's command, with the part of QEMU's Python tree it imports
+# (qemu.qmp), so that the installed copy runs without a checkout
+install_tool() {
+    local python=$root/qemu-src/python
+    local lib=$destdir$prefix/lib/tap-transfer/python
+    if [ ! -d "$python/qemu/qmp" ]; then
+        echo "install: no QEMU Python tree in $python" >&2
+        exit 1
+    fi
+    install -d "$destdir$prefix/bin" "$lib/qemu/qmp"
+    install -m 755 "$top/tools/tap-transfer-upgrade" "$destdir$prefix/bin/"
+    install -m 644 "$python"/qemu/qmp/*.py "$lib/qemu/qmp/"
+    echo "install: tap-transfer-upgrade -> $destdir$prefix/bin"
+}
+
 install_series "$root/qemu-build" 10.0
 if [ -d "$root/qemu-10.2-build" ] || [ -f "$root/qemu-10.2-build.unavailable" ]; then
     install_series "$root/qemu-10.2-build" 10.2
 fi
+install_tool

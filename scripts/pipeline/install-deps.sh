@@ -3,7 +3,7 @@
 # The archive's address is taken from the machine's own Debian sources entry.
 set -euo pipefail
 
-stamp=/var/lib/tap-transfer/deps-v4
+stamp=/var/lib/tap-transfer/deps-v5
 [ -f "$stamp" ] && exit 0
 
 if [ "$(id -u)" != 0 ]; then
@@ -46,8 +46,10 @@ apt-get install -q -y --no-install-recommends \
     libglib2.0-dev zlib1g-dev libfdt-dev libcap-ng-dev libcap-ng-utils \
     seabios ipxe-qemu iproute2 bridge-utils iputils-ping busybox-static \
     cpio kmod fakeroot rsync qemu-system-data gnuplot-nox util-linux
-# pycotap: the TAP output of QEMU's functional test framework
+# pycotap: the TAP output of QEMU's functional test framework;
+# qemu-utils: qemu-img, for the upgrade test's qcow2 disk (QEMU's own
+# build here makes no tools)
 apt-get install -q -y --no-install-recommends -t bookworm-backports \
-    meson python3-pycotap
+    meson python3-pycotap qemu-utils
 mkdir -p "$(dirname "$stamp")"
 touch "$stamp"

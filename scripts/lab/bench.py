@@ -3,16 +3,26 @@
 attached to the bridge before migration, switched after), with ordinary
 and with shared RAM (memory-backend-file in /dev/shm + x-ignore-shared);
 plus a scale run, 16 NICs x 4 queues, downtime with backend-transfer on
-vs off.  Prints tables, writes them and a PNG timeline to --out."""
+vs off; plus the whole upgrade as the operator sees it, with
+tools/tap-transfer-upgrade (from the command's start to its return, the
+source gone and the paths put back), for 1 VM and for 3 VMs at
+--parallel 1 and 2 (to --upgrade-to's QEMU, or the same one).  Prints
+tables, writes them and a PNG timeline to --out."""
 
 import argparse
+import json
 import os
 import platform
+import re
+import signal
 import statistics
 import subprocess
 import time
 
 import ttlab
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOOL = os.path.join(HERE, '..', '..', 'tools', 'tap-transfer-upgrade')
 
 MODES = [
     ('tap-transfer', False, True),
@@ -71,6 +81,54 @@ def scale_run(args, transfer):
                                  nics=16, device_opts=opts)
         assert len(dst.tun_fds()) == 64
         return stats['downtime_ms']
+
+
+def operator_run(args, nvms, parallel):
+    """Boot @nvms daemonized VMs (shared RAM, console log, QMP socket,
+    pidfile), each pinged, and upgrade them all with one command:
+    (wall-clock s of the command, [per-VM reports], lost pings)."""
+    to = args.upgrade_to or args.qemu
+    env = dict(os.environ,
+               TAP_TRANSFER_QEMU_PYTHON=ttlab.qemu_python(args.qemu))
+    with ttlab.Lab(args.qemu, args.guest) as lab:
+        vms = []
+        for i in range(nvms):
+            addr = f'10.0.0.{i + 2}'
+            netdev = (f'tap-transfer,ifname=tt{i},script={lab.ifup},'
+                      'downscript=no')
+            vms.append(lab.start_daemon(
+                f'vm{i}', netdev, addr=addr,
+                mac=ttlab.GUEST_MAC[:-2] + f'{0x56 + i:02x}'))
+        for vm in vms:
+            vm.wait_serial('tap-transfer guest ready')
+        pings = []
+        for i in range(nvms):
+            lab.wait_ping(f'10.0.0.{i + 2}')
+        for i in range(nvms):
+            lab_addr = f'10.0.0.{i + 2}'
+            pings.append(subprocess.Popen(
+                ['ip', 'netns', 'exec', lab.ns, 'ping', '-n', '-q', '-i',
+                 '0.01', '-w', '12', lab_addr], stdout=subprocess.PIPE,
+                text=True))
+        time.sleep(1)
+        qmp = [a for vm in vms for a in ('--qmp', vm.qmp_path)]
+        t0 = time.monotonic()
+        r = subprocess.run([TOOL, *qmp, '--to', to, '--parallel',
+                            str(parallel), '--json', '--quiet'],
+                           stdout=subprocess.PIPE, text=True, env=env)
+        seconds = time.monotonic() - t0
+        report = json.loads(r.stdout)
+        reports = report['reports'] if 'reports' in report else [report]
+        if r.returncode:
+            raise ttlab.LabError('tap-transfer-upgrade failed: ' + '; '.join(
+                str(x.get('error')) for x in reports if not x['ok']))
+        lost = 0
+        for p in pings:
+            p.send_signal(signal.SIGINT)
+            out = p.communicate()[0]
+            m = re.search(r'(\d+) packets transmitted, (\d+) received', out)
+            lost += int(m.group(1)) - int(m.group(2)) if m else 0
+        return seconds, reports, lost
 
 
 def mmm(values):
@@ -168,9 +226,56 @@ def main():
     ap.add_argument('--runs', type=int, default=5)
     ap.add_argument('--scale-runs', type=int, default=3)
     ap.add_argument('--out', default='build/bench')
+    ap.add_argument('--upgrade-to', metavar='QEMU',
+                    help='the QEMU the operator\'s upgrade goes to '
+                    '(default: --qemu)')
+    ap.add_argument('--only-operator', action='store_true',
+                    help='only the operator\'s upgrade')
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
+    lines = []
+    if not args.only_operator:
+        lines = handover_bench(args)
+    lines += operator_bench(args)
+    report = '\n'.join(lines)
+    print()
+    print(report)
+    with open(os.path.join(args.out, 'results.txt'), 'w') as f:
+        f.write(report + '\n')
+
+
+def operator_bench(args):
+    rows = []
+    for nvms, parallel in ((1, 1), (3, 1), (3, 2)):
+        runs = []
+        for i in range(args.runs):
+            seconds, reports, lost = operator_run(args, nvms, parallel)
+            print(f'operator, {nvms} VM(s), --parallel {parallel}, run '
+                  f'{i + 1}: {seconds:.2f} s, downtimes '
+                  f"{[r['downtime_ms'] for r in reports]} ms, lost {lost}",
+                  flush=True)
+            runs.append((seconds, reports, lost))
+        rows.append((nvms, parallel, runs))
+    to = args.upgrade_to or args.qemu
+    lines = ['', f'the upgrade as the operator sees it: tools/'
+             f'tap-transfer-upgrade, {args.runs} runs, min / median / max; '
+             f'daemonized VMs, shared RAM, {os.path.basename(os.path.dirname(args.qemu))}'
+             f' -> {os.path.basename(os.path.dirname(to))}', '',
+             '| VMs | --parallel | command s (start to return, sources gone) '
+             '| downtime ms (per VM) | command ms (per VM) | lost pings |',
+             '|---|---|---|---|---|---|']
+    for nvms, parallel, runs in rows:
+        lines.append(
+            f'| {nvms} | {parallel} | '
+            f'{mmm([s * 1000 for s, _, _ in runs])} ms | '
+            f"{mmm([r['downtime_ms'] for _, rs, _ in runs for r in rs])} | "
+            f"{mmm([r['command_ms'] for _, rs, _ in runs for r in rs])} | "
+            f'{sum(lost for _, _, lost in runs)} |')
+    return lines
+
+
+def handover_bench(args):
     results = {}
     for name, shared, transfer in MODES:
         results[name] = []
@@ -212,11 +317,7 @@ def main():
                           ('new TAP + switch',
                            results['new TAP + switch'][0])])
     lines += ['', f'timeline: {png}']
-    report = '\n'.join(lines)
-    print()
-    print(report)
-    with open(os.path.join(args.out, 'results.txt'), 'w') as f:
-        f.write(report + '\n')
+    return lines
 
 
 if __name__ == '__main__':

@@ -20,7 +20,20 @@ fi
 
 destdir=$(mktemp -d /tmp/tap-transfer-install.XXXXXX)
 work=$(mktemp -d /tmp/tap-transfer-install-run.XXXXXX)
-trap 'rm -rf "$destdir" "$work"' EXIT
+# Killed by meson's timeout (TERM) or ^C too: the daemonized QEMUs, which
+# are in sessions of their own, go with the scratch directories
+cleanup() {
+    local pidfile pid
+    for pidfile in "$work"/*.pid; do
+        [ -f "$pidfile" ] || continue
+        pid=$(cat "$pidfile" 2>/dev/null) || continue
+        [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
+    done
+    rm -rf "$destdir" "$work"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 if ! "$here/install.sh" "$root" "$prefix" "$destdir" > "$work/install.log" 2>&1; then
     echo "1..1"

@@ -8,15 +8,18 @@
 # QEMU_TREE is a prepared tree (build/qemu-src, build/qemu-10.2-src),
 # QEMU_BUILD its build; TEST_FILE a file name in the tree's
 # tests/functional/.  The test prints TAP.  TAP_TRANSFER_GUEST, the real guest's directory, is set
-# from scripts/guest/build-guest.sh (which builds it if needed) unless
+# from scripts/lab/guest/build-guest.sh (which builds it if needed) unless
 # it is set already; when that is not possible (not root, build failed)
 # it stays unset and the tests that need the guest skip, saying so.
+# TAP_TRANSFER_UPGRADE is this repo's tools/tap-transfer-upgrade unless
+# set; TAP_TRANSFER_QEMU_NEW, the other QEMU of an upgrade test, comes
+# from meson.
 set -uo pipefail
 
 usage="usage: run-functional.sh QEMU_TREE QEMU_BUILD TEST_FILE"
 qemu_build=${2:?$usage}
 test=${3:?$usage}
-top=$(cd "$(dirname "$0")/.." && pwd)
+top=$(cd "$(dirname "$0")/../.." && pwd)
 
 # A series whose source the archive no longer serves: skip, saying why
 if [ -f "$qemu_build.unavailable" ]; then
@@ -31,8 +34,11 @@ export QEMU_TEST_QEMU_IMG=$qemu_build/qemu-img
 export QEMU_BUILD_ROOT=$qemu_build
 export PYTHONPATH=$src/python:$src/tests/functional
 
+# the operator's command, for the upgrade tests
+export TAP_TRANSFER_UPGRADE=${TAP_TRANSFER_UPGRADE:-$top/tools/tap-transfer-upgrade}
+
 if [ -z "${TAP_TRANSFER_GUEST:-}" ] && [ "$(id -u)" = 0 ]; then
-    if guest=$("$top/scripts/guest/build-guest.sh" 2>"$qemu_build/guest-build.log"); then
+    if guest=$("$top/scripts/lab/guest/build-guest.sh" 2>"$qemu_build/guest-build.log"); then
         export TAP_TRANSFER_GUEST=$guest
     else
         echo "# building the guest failed; see $qemu_build/guest-build.log"

@@ -1,0 +1,748 @@
+#!/usr/bin/env python3
+#
+# tap-transfer-upgrade, the operator's command, on VMs shaped like
+# production ones: a virtio-blk qcow2 disk the guest writes numbered,
+# fsync'ed records to (acknowledged on its console), a serial console
+# logged to a file, QMP on a UNIX socket, a pidfile, -daemonize, shared
+# RAM and a 4-queue tap-transfer NIC whose TAP the test opened and
+# passed as fds=, as management software does.
+#
+# The VM is upgraded from this QEMU (QEMU_TEST_QEMU_BINARY) to
+# TAP_TRANSFER_QEMU_NEW (another version; this one again when unset) and
+# rolled back, both with the command, under a ping flood; then three
+# small VMs at once with --parallel 2; then the failures, each of which
+# must leave the VM running on its QEMU with its paths untouched and
+# nothing left over.  The command is TAP_TRANSFER_UPGRADE (tools/
+# tap-transfer-upgrade, set by tap-transfer's scripts/pipeline/
+# run-functional.sh); the guest TAP_TRANSFER_GUEST.  Each test makes a
+# network namespace of its own with a bridge (10.0.0.1/24).
+#
+# This work is licensed under the terms of the GNU GPL, version 2 or
+# later.  See the COPYING file in the top-level directory.
+
+import ctypes
+import fcntl
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+from qemu_test import QemuSystemTest
+
+
+HOST_ADDR = '10.0.0.1'
+PPS = 500
+GUEST_READY = 'tap-transfer guest ready'
+ACK = re.compile(r'^tt-record (\d+) acked', re.M)
+RECORDS = 100000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+SYS_KCMP = 312          # x86_64
+KCMP_FILE = 0
+CLONE_NEWNET = 0x40000000
+TUNSETIFF = 0x400454ca
+IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+
+
+def _setns(fd):
+    if _libc.setns(fd, CLONE_NEWNET):
+        err = ctypes.get_errno()
+        raise OSError(err, f'setns: {os.strerror(err)}')
+
+
+def open_tap_in_netns(ns, ifname, queues):
+    """The multiqueue TAP @ifname, created in namespace @ns as
+    management software creates it: /dev/net/tun opened once per queue,
+    TUNSETIFF.  Returns the fds."""
+    flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE
+    ifr = struct.pack('16sH22x', ifname.encode(), flags)
+    home = os.open('/proc/thread-self/ns/net', os.O_RDONLY)
+    fds = []
+    try:
+        there = os.open(f'/run/netns/{ns}', os.O_RDONLY)
+        try:
+            _setns(there)
+        finally:
+            os.close(there)
+        try:
+            for _ in range(queues):
+                fds.append(os.open('/dev/net/tun', os.O_RDWR))
+                fcntl.ioctl(fds[-1], TUNSETIFF, ifr)
+        finally:
+            _setns(home)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    finally:
+        os.close(home)
+    return fds
+
+
+def same_open_file(pid1, fd1, pid2, fd2):
+    return _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
+
+
+def tun_fds(pid):
+    fds = []
+    d = f'/proc/{pid}/fd'
+    for fd in os.listdir(d):
+        try:
+            if os.readlink(f'{d}/{fd}').endswith('/net/tun'):
+                fds.append(int(fd))
+        except OSError:
+            pass
+    return sorted(fds)
+
+
+def alive(pid):
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
+    except (OSError, IndexError):
+        return False
+
+
+def upgrade_processes(base, vms=()):
+    """QEMUs the command started for VMs under directory @base and left
+    over: their command lines name the command's temporary paths there,
+    and no pidfile of @vms names them (a VM the command upgraded runs
+    with such a command line)."""
+    keep = set()
+    for vm in vms:
+        try:
+            keep.add(vm.read_pid())
+        except (OSError, ValueError):
+            pass
+    found = []
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b'.tt-upgrade-' in cmd and base.encode() in cmd and \
+                alive(int(pid)) and int(pid) not in keep:
+            found.append(int(pid))
+    return found
+
+
+def describe(pids):
+    out = []
+    for pid in pids:
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                stat = f.read().split()
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                cmd = f.read().replace(b'\0', b' ').decode(errors='replace')
+            out.append(f'{pid} (state {stat[2]}, parent {stat[3]}): '
+                       f'{cmd[:300]}')
+        except OSError:
+            out.append(f'{pid} (gone)')
+    return '; '.join(out)
+
+
+def upgrade_workdirs(tmp):
+    return set(glob.glob(os.path.join(tmp, 'tap-transfer-upgrade-*')))
+
+
+class Vm:
+    """A daemonized VM as an operator runs it: QMP socket, pidfile and
+    console log in its own directory, optionally a qcow2 disk."""
+
+    def __init__(self, test, name, qemu, index, queues=1, disk=False,
+                 shared_ram=True, tap_fds=None, boot=True, extra=()):
+        self.test = test
+        self.name = name
+        self.dir = os.path.join(test.base, name)
+        os.makedirs(self.dir)
+        self.qmp_path = os.path.join(self.dir, 'qmp.sock')
+        self.pidfile = os.path.join(self.dir, 'qemu.pid')
+        self.console = os.path.join(self.dir, 'console.log')
+        self.disk = os.path.join(self.dir, 'disk.qcow2') if disk else None
+        self.addr = f'10.0.0.{index + 1}'
+        self.mac = f'52:54:00:12:34:{index + 0x55:02x}'
+        self.ifname = f'ttu{index}'
+        self.queues = queues
+        args = ['-name', name, '-M', 'pc', '-accel', 'tcg', '-m', '128',
+                '-nodefaults', '-display', 'none',
+                '-serial', f'file:{self.console}',
+                '-qmp', f'unix:{self.qmp_path},server=on,wait=off',
+                '-pidfile', self.pidfile, '-daemonize']
+        if boot:
+            records = f' tt.records={RECORDS}' if disk else ''
+            args += ['-kernel', os.path.join(test.guest, 'vmlinuz'),
+                     '-initrd', os.path.join(test.guest, 'initrd.gz'),
+                     '-append', f'console=ttyS0 quiet tt.addr={self.addr}/24'
+                     f'{records}']
+        if shared_ram:
+            self.shm = f'/dev/shm/tap-transfer-upgrade-{test.ns}-{name}'
+            test.addCleanup(lambda: os.path.exists(self.shm) and
+                            os.unlink(self.shm))
+            args += ['-object', 'memory-backend-file,id=ram0,share=on,'
+                     f'mem-path={self.shm},size=128M',
+                     '-machine', 'memory-backend=ram0']
+        if disk:
+            subprocess.run([test.qemu_img, 'create', '-q', '-f', 'qcow2',
+                            self.disk, '16M'], check=True)
+            args += ['-drive', f'file={self.disk},if=none,id=disk0,'
+                     'format=qcow2',
+                     '-device', 'virtio-blk-pci,drive=disk0,id=vblk0']
+        device = f'virtio-net-pci,netdev=n0,id=nic0,mac={self.mac}'
+        if queues > 1:
+            device += f',mq=on,vectors={2 * queues + 2}'
+            args += ['-smp', str(queues)]
+        if tap_fds:
+            netdev = f'tap-transfer,id=n0,fds={":".join(map(str, tap_fds))}'
+        else:
+            netdev = (f'tap-transfer,id=n0,ifname={self.ifname},'
+                      f'script={test.ifup},downscript=no')
+        args += ['-netdev', netdev, '-device', device, *extra]
+        log = os.path.join(self.dir, 'start.log')
+        with open(log, 'w') as out:
+            r = subprocess.run(['nsenter', f'--net=/run/netns/{test.ns}',
+                                qemu, *args], stdout=out, stderr=out,
+                               pass_fds=tap_fds or (), timeout=120,
+                               check=False)
+        with open(log) as f:
+            test.assertEqual(r.returncode, 0,
+                             f'{name} did not start: {f.read()}')
+        self.pid = self.read_pid()
+        test.addCleanup(self.kill)
+
+    def read_pid(self):
+        with open(self.pidfile) as f:
+            return int(f.read().strip())
+
+    def kill(self):
+        """At the end: whatever QEMU holds the VM now goes, and any the
+        command started for it (their command lines name its QMP path)."""
+        pids = {self.pid}
+        try:
+            pids.add(self.read_pid())
+        except (OSError, ValueError):
+            pass
+        for pid in os.listdir('/proc'):
+            try:
+                with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                    if self.qmp_path.encode() + b'.tt-upgrade-' in f.read():
+                        pids.add(int(pid))
+            except (OSError, ValueError):
+                pass
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    def qmp(self, cmd, **args):
+        q = QEMUMonitorProtocol(self.qmp_path)
+        q.connect()
+        try:
+            return q.cmd(cmd, **args)
+        finally:
+            q.close()
+
+    def console_text(self):
+        with open(self.console, errors='replace') as f:
+            return f.read()
+
+    def acked(self):
+        return [int(n) for n in ACK.findall(self.console_text())]
+
+    def wait_console(self, text, timeout=90):
+        deadline = time.monotonic() + timeout
+        while text not in self.console_text():
+            self.test.assertTrue(alive(self.pid), f'{self.name} exited')
+            self.test.assertLess(time.monotonic(), deadline,
+                                 f'{self.name}: no "{text}" on the console')
+            time.sleep(0.1)
+
+    def wait_acks(self, count, timeout=60):
+        deadline = time.monotonic() + timeout
+        while len(self.acked()) < count:
+            self.test.assertLess(time.monotonic(), deadline,
+                                 f'{self.name}: fewer than {count} records '
+                                 'acked')
+            time.sleep(0.1)
+
+    def quit(self):
+        try:
+            self.qmp('quit')
+        except Exception:       # pylint: disable=broad-except
+            pass
+        deadline = time.monotonic() + 30
+        while alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.test.assertFalse(alive(self.pid), f'{self.name} did not quit')
+
+    def snapshot(self):
+        """What must not change when an upgrade fails."""
+        st = os.stat(self.qmp_path)
+        return {'pid': self.read_pid(), 'files': sorted(os.listdir(self.dir)),
+                'qmp_inode': st.st_ino,
+                'tun_fds': tun_fds(self.pid)}
+
+
+class TapTransferUpgrade(QemuSystemTest):
+
+    _namespaces = 0
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest('needs root: a network namespace, TAPs, a bridge')
+        if not os.path.exists('/dev/net/tun'):
+            self.skipTest('no /dev/net/tun')
+        self.guest = os.environ.get('TAP_TRANSFER_GUEST')
+        if not self.guest:
+            self.skipTest('TAP_TRANSFER_GUEST is not set: no guest kernel '
+                          'and initrd (scripts/lab/guest/build-guest.sh)')
+        self.tool = os.environ.get('TAP_TRANSFER_UPGRADE')
+        if not self.tool or not os.access(self.tool, os.X_OK):
+            self.skipTest('TAP_TRANSFER_UPGRADE does not name the '
+                          'tap-transfer-upgrade command')
+        self.qemu_img = None
+        for img in (os.environ.get('QEMU_TEST_QEMU_IMG'),
+                    shutil.which('qemu-img')):
+            if img and os.access(img, os.X_OK):
+                self.qemu_img = img
+                break
+        if not self.qemu_img:
+            self.skipTest('no qemu-img (QEMU_TEST_QEMU_IMG, or on PATH)')
+        for tool in ('ip', 'nsenter', 'ping'):
+            if not shutil.which(tool):
+                self.skipTest(f'no {tool} command')
+        self.require_accelerator('tcg')
+        self.require_netdev('tap-transfer')
+        self.old = self.qemu_bin
+        self.new = os.environ.get('TAP_TRANSFER_QEMU_NEW') or self.qemu_bin
+        if not os.access(self.new, os.X_OK):
+            why = f'{self.new} is not built'
+            unavailable = os.path.dirname(self.new) + '.unavailable'
+            if os.path.exists(unavailable):
+                with open(unavailable) as f:
+                    why = f.read().strip()
+            self.skipTest(f'no QEMU to upgrade to: {why}')
+
+        TapTransferUpgrade._namespaces += 1
+        self.ns = f'tt-upg-{os.getpid()}-{self._namespaces}'
+        # short: the command adds .tt-upgrade-XXXXXXXX to socket paths
+        self.base = tempfile.mkdtemp(prefix='ttu-')
+        self.addCleanup(shutil.rmtree, self.base, True)
+        self.pings = []
+        self.own_fds = []
+        subprocess.run(['ip', 'netns', 'add', self.ns], check=True)
+        self.addCleanup(subprocess.run, ['ip', 'netns', 'del', self.ns],
+                        stderr=subprocess.DEVNULL)
+        self.addCleanup(self.kill_pings)
+        self.addCleanup(self.close_own_fds)
+        self.nsrun('ip', 'link', 'set', 'lo', 'up')
+        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1')
+        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=1')
+        self.nsrun('ip', 'link', 'add', 'br0', 'type', 'bridge')
+        self.nsrun('ip', 'addr', 'add', f'{HOST_ADDR}/24', 'dev', 'br0')
+        self.nsrun('ip', 'link', 'set', 'br0', 'up')
+        self.ifup = os.path.join(self.base, 'ifup')
+        with open(self.ifup, 'w') as f:
+            f.write('#!/bin/sh\nip link set "$1" master br0 up\n')
+        os.chmod(self.ifup, 0o755)
+        # the command's scratch directories go there (TMPDIR)
+        self.tmp = os.path.join(self.base, 'tmp')
+        os.mkdir(self.tmp)
+
+    # the lab
+
+    def nsrun(self, *args):
+        return subprocess.run(['ip', 'netns', 'exec', self.ns, *args],
+                              check=True, capture_output=True,
+                              text=True).stdout
+
+    def kill_pings(self):
+        for p in self.pings:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.out.close()
+
+    def close_own_fds(self):
+        while self.own_fds:
+            os.close(self.own_fds.pop())
+
+    def links(self):
+        return sorted(line.split(':')[1].strip().split('@')[0]
+                      for line in self.nsrun('ip', '-o', 'link',
+                                             'show').splitlines())
+
+    def ifindex(self, ifname):
+        return int(self.nsrun('cat', f'/sys/class/net/{ifname}/ifindex'))
+
+    def wait_ping(self, addr, timeout=90):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = subprocess.run(['ip', 'netns', 'exec', self.ns, 'ping',
+                                '-n', '-c', '1', '-W', '1', addr],
+                               capture_output=True, check=False)
+            if r.returncode == 0:
+                return
+        self.fail(f'the guest ({addr}) does not answer')
+
+    def start_ping(self, addr, count, pps=PPS, source=None):
+        out = open(os.path.join(self.base, f'ping{len(self.pings)}'), 'w+')
+        extra = ['-I', source] if source else []
+        p = subprocess.Popen(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
+                              '-O', '-D', '-i', str(1 / pps), '-c',
+                              str(count), '-W', '1', *extra, addr],
+                             stdout=out, stderr=subprocess.STDOUT, text=True)
+        p.out = out
+        self.pings.append(p)
+        return p
+
+    def ping_result(self, p, timeout=120):
+        p.wait(timeout)
+        p.out.seek(0)
+        text = p.out.read()
+        replies = [(float(m.group(1)), int(m.group(2))) for m in re.finditer(
+            r'^\[([\d.]+)\] .*icmp_seq=(\d+) .*time=', text, re.M)]
+        m = re.search(r'(\d+) packets transmitted, (\d+) received', text)
+        self.assertIsNotNone(m, f'no ping summary in: {text[-300:]}')
+        sent = int(m.group(1))
+        answered = {seq for _, seq in replies}
+        missing = [seq for seq in range(1, sent + 1) if seq not in answered]
+        gaps = [b[0] - a[0] for a, b in zip(replies, replies[1:])]
+        return {'sent': sent, 'lost': len(missing), 'missing': missing,
+                'max_gap_ms': max(gaps) * 1000 if gaps else 0}
+
+    def note(self, text):
+        self.log.info(text)
+        print(f'# {text}', flush=True)
+
+    # the command
+
+    def tool_env(self):
+        # the command runs on the qemu.qmp this test imports
+        env = dict(os.environ, TMPDIR=self.tmp)
+        env.setdefault('TAP_TRANSFER_QEMU_PYTHON', os.path.dirname(
+            os.path.dirname(os.path.dirname(os.path.abspath(
+                sys.modules['qemu.qmp'].__file__)))))
+        return env
+
+    def upgrade(self, qmp, to, *extra, expect_ok=True):
+        """Run the command; its JSON report."""
+        r = subprocess.run([self.tool, '--qmp', qmp, '--to', to, '--json',
+                            *extra], capture_output=True, text=True,
+                           env=self.tool_env(), timeout=600, check=False)
+        for line in r.stderr.splitlines():
+            self.log.info(line)
+        try:
+            report = json.loads(r.stdout)
+        except ValueError:
+            self.fail(f'no JSON report (exit {r.returncode}): '
+                      f'{r.stdout[-500:]} {r.stderr[-1500:]}')
+        if expect_ok:
+            self.assertEqual(r.returncode, 0,
+                             f'the command failed: {report.get("error")}'
+                             f'\n{r.stderr[-2000:]}')
+        report['returncode'] = r.returncode
+        return report
+
+    def version_of(self, qemu):
+        out = subprocess.run([qemu, '--version'], capture_output=True,
+                             text=True, check=True).stdout
+        return re.search(r'version (\d+\.\d+\.\d+)', out).group(1)
+
+    def check_upgraded(self, vm, report, to, ifindex, links, dups):
+        """After the command: the VM runs on @to's QEMU, at the same
+        paths, on the same TAP."""
+        new_pid = vm.read_pid()
+        self.assertEqual(new_pid, report['new_pid'],
+                         'the pidfile does not hold the new QEMU\'s pid')
+        self.assertNotEqual(new_pid, vm.pid)
+        self.assertFalse(alive(vm.pid), 'the old QEMU is still there')
+        self.assertTrue(alive(new_pid), 'the new QEMU is not running')
+        vm.pid = new_pid
+        v = vm.qmp('query-version')['qemu']
+        self.assertEqual(f"{v['major']}.{v['minor']}.{v['micro']}",
+                         self.version_of(to),
+                         'the QMP path does not answer from the new QEMU')
+        self.assertEqual(vm.qmp('query-status')['status'], 'running')
+        self.assertEqual(report['queues'], vm.queues)
+        self.assertTrue(report['same_tap_kcmp'])
+        self.assertTrue(report['same_ifindex'])
+        fds = tun_fds(new_pid)
+        self.assertEqual(len(fds), vm.queues, 'TAP fds of the new QEMU')
+        for fd in fds:
+            self.assertTrue(any(same_open_file(new_pid, fd, os.getpid(), d)
+                                for d in dups),
+                            f'fd {fd} of the new QEMU is not the TAP the '
+                            'test opened (kcmp)')
+        self.assertEqual(self.ifindex(vm.ifname), ifindex)
+        self.assertEqual(self.links(), links, 'links came or went')
+        self.assert_no_leftover([vm])
+        self.assertEqual(upgrade_workdirs(self.tmp), set(),
+                         'the command left its work directory')
+        self.assertEqual([f for f in os.listdir(vm.dir)
+                          if '.tt-upgrade-' in f], [])
+
+    # the tests
+
+    def test_upgrade_and_rollback(self):
+        """A production-shaped VM (disk records, console log, QMP socket,
+        pidfile, -daemonize, shared RAM, 4-queue TAP opened by the test)
+        upgraded and rolled back under a ping flood: every acked record
+        on disk, qemu-img check clean, no ping lost, the same TAP, the
+        same paths answering from the new QEMU."""
+        queues = 4
+        fds = open_tap_in_netns(self.ns, 'ttu1', queues)
+        self.own_fds.extend(fds)
+        # the test keeps its own copies, for kcmp against the QEMUs';
+        # a dup is the same open file, the same TAP queue
+        dups = [os.dup(fd) for fd in fds]
+        self.own_fds.extend(dups)
+        self.nsrun('ip', 'link', 'set', 'ttu1', 'master', 'br0', 'up')
+        vm = Vm(self, 'vm1', self.old, 1, queues=queues, disk=True,
+                tap_fds=fds)
+        for fd in fds:
+            self.own_fds.remove(fd)
+            os.close(fd)
+        vm.wait_console(GUEST_READY)
+        self.wait_ping(vm.addr)
+        vm.wait_acks(10)
+        ifindex, links = self.ifindex('ttu1'), self.links()
+        extra_flows = ('10.0.0.11', '10.0.0.12', '10.0.0.13')
+        flows = [self.start_ping(vm.addr, int(PPS * 9))]
+        for source in extra_flows:
+            self.nsrun('ip', 'addr', 'add', f'{source}/24', 'dev', 'br0')
+            flows.append(self.start_ping(vm.addr, 450, 50, source))
+        time.sleep(1.5)
+        acked_before = len(vm.acked())
+        up = self.upgrade(vm.qmp_path, self.new)
+        self.check_upgraded(vm, up, self.new, ifindex, links, dups)
+        time.sleep(1.5)
+        down = self.upgrade(vm.qmp_path, self.old)
+        self.check_upgraded(vm, down, self.old, ifindex, links, dups)
+        for i, p in enumerate(flows):
+            r = self.ping_result(p)
+            self.note(f"flow {i}: {r['sent']} pings, lost {r['lost']} "
+                      f"{r['missing'][:10]}, longest reply gap "
+                      f"{r['max_gap_ms']:.1f} ms")
+            self.assertEqual(r['lost'], 0,
+                             f"flow {i}: pings lost: {r['missing'][:20]}")
+        # records go on after the rollback, into the same console log
+        acked_after = len(vm.acked())
+        vm.wait_acks(acked_after + 10)
+        vm.quit()
+        text = vm.console_text()
+        self.assertTrue(text.startswith('') and GUEST_READY in text,
+                        'the console log lost its start')
+        acked = vm.acked()
+        self.assertEqual(acked, list(range(len(acked))),
+                         'acks are not numbered 0, 1, 2, ... in order')
+        self.assertGreater(acked_before, 0)
+        self.assertGreater(len(acked), acked_after)
+        check = subprocess.run([self.qemu_img, 'check', vm.disk],
+                               capture_output=True, text=True, check=False)
+        self.assertEqual(check.returncode, 0,
+                         f'qemu-img check: {check.stdout} {check.stderr}')
+        raw = os.path.join(self.base, 'disk.raw')
+        subprocess.run([self.qemu_img, 'convert', '-f', 'qcow2', '-O', 'raw',
+                        vm.disk, raw], check=True)
+        bad = []
+        with open(raw, 'rb') as f:
+            for n in acked:
+                f.seek(n * 512)
+                if f.read(15) != f'TTREC {n:08d}\n'.encode():
+                    bad.append(n)
+        self.assertEqual(bad, [], 'acked records missing on the disk')
+        for name, r in (('upgrade', up), ('rollback', down)):
+            self.note(f"{name}: QEMU {r['old_version']} -> "
+                      f"{r['new_version']}, mode {r['mode']}, downtime "
+                      f"{r['downtime_ms']} ms, migration {r['total_ms']} ms, "
+                      f"command {r['command_ms']} ms, {r['queues']} queues")
+        self.note(f'records: {len(acked)} acked ({acked_before} before the '
+                  f'upgrade, {acked_after} after the rollback), all on '
+                  'disk; qemu-img check clean')
+
+    def test_fleet_parallel(self):
+        """Three small VMs upgraded by one command, --parallel 2, each
+        under its own ping: all upgraded, none loses a ping."""
+        vms = [Vm(self, f'fleet{i}', self.old, i + 1) for i in range(3)]
+        for vm in vms:
+            vm.wait_console(GUEST_READY)
+            self.wait_ping(vm.addr)
+        pings = [self.start_ping(vm.addr, 1000, 100) for vm in vms]
+        time.sleep(1)
+        report = self.upgrade(os.path.join(self.base, 'fleet*', 'qmp.sock'),
+                              self.new, '--parallel', '2')
+        self.assertEqual(report['summary']['upgraded'], 3, report)
+        self.assertEqual(report['summary']['failed'], 0)
+        for vm, p in zip(vms, pings):
+            r = self.ping_result(p)
+            self.assertEqual(r['lost'], 0, f'{vm.name}: pings lost: '
+                             f"{r['missing'][:20]}")
+            vm.pid = vm.read_pid()
+            v = vm.qmp('query-version')['qemu']
+            self.assertEqual(f"{v['major']}.{v['minor']}.{v['micro']}",
+                             self.version_of(self.new))
+        for r in report['reports']:
+            self.note(f"{r['qmp']}: downtime {r['downtime_ms']} ms, command "
+                      f"{r['command_ms']} ms")
+        self.note(f"3 VMs, --parallel 2: {report['summary']['seconds']} s")
+        self.assert_no_leftover(vms)
+
+    def assert_no_leftover(self, vms):
+        deadline = time.monotonic() + 10
+        while upgrade_processes(self.base, vms) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = upgrade_processes(self.base, vms)
+        self.assertEqual(left, [], f'QEMUs left over: {describe(left)}')
+
+    # failures: the VM stays on its QEMU, untouched
+
+    def assert_untouched(self, vm, before, addr=None):
+        self.assertTrue(alive(vm.pid), 'the source QEMU is gone')
+        self.assertEqual(vm.snapshot(), before)
+        self.assertEqual(vm.qmp('query-status')['status'], 'running')
+        params = vm.qmp('query-migrate-parameters')
+        self.assertFalse(params.get('backend-transfer'))
+        self.assert_no_leftover([vm])
+        self.assertEqual(upgrade_workdirs(self.tmp), set(),
+                         'the command left its work directory')
+        if addr:
+            r = self.ping_result(self.start_ping(addr, 100, 100))
+            self.assertEqual(r['lost'], 0,
+                             'the guest does not answer through the source')
+
+    def run_and_strike(self, vm, strike, *extra):
+        """Run the command; once it says it migrates, @strike(proc)."""
+        proc = subprocess.Popen([self.tool, '--qmp', vm.qmp_path, '--to',
+                                 self.new, '--json', '--mode', 'copy',
+                                 '--max-bandwidth', '4', *extra],
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env=self.tool_env())
+        lines, migrating = [], threading.Event()
+
+        def read_stderr():
+            for line in proc.stderr:
+                lines.append(line)
+                if 'migrating (' in line:
+                    migrating.set()
+        t = threading.Thread(target=read_stderr, daemon=True)
+        t.start()
+        self.assertTrue(migrating.wait(60), 'the command never migrated: '
+                        f"{''.join(lines)}")
+        time.sleep(0.3)
+        strike(proc)
+        out, _ = proc.communicate(timeout=120)
+        t.join(10)
+        report = json.loads(out)
+        self.log.info(''.join(lines))
+        return proc.returncode, report
+
+    def test_failures_leave_the_vm_alone(self):
+        """A target that does not start, a destination killed during
+        the load, SIGINT to the command mid-migration, a NIC added at
+        run time, a plain -netdev tap, a machine type the target lacks:
+        each time the VM runs on its QEMU as before, paths untouched,
+        nothing left over."""
+        vm = Vm(self, 'vm1', self.old, 1, shared_ram=False)
+        vm.wait_console(GUEST_READY)
+        self.wait_ping(vm.addr)
+        before = vm.snapshot()
+
+        # a target binary that fails to start
+        fake = os.path.join(self.base, 'broken-qemu')
+        with open(fake, 'w') as f:
+            f.write('#!/bin/sh\n'
+                    'if [ "$1" = --version ] || [ "$*" = "-machine help" ]; '
+                    f'then exec {self.new} "$@"; fi\n'
+                    'echo "broken-qemu: cannot start" >&2\nexit 1\n')
+        os.chmod(fake, 0o755)
+        r = self.upgrade(vm.qmp_path, fake, expect_ok=False)
+        self.note(f"broken target: exit {r['returncode']}: {r['error']}")
+        self.assertEqual(r['returncode'], 1)
+        self.assertIn('cannot start', r['error'])
+        self.assert_untouched(vm, before, vm.addr)
+
+        # the destination killed during the load
+        def kill_destination(_proc):
+            pids = upgrade_processes(self.base)
+            self.assertEqual(len(pids), 1, 'no destination QEMU to kill')
+            os.kill(pids[0], signal.SIGKILL)
+        rc, r = self.run_and_strike(vm, kill_destination)
+        self.note(f"destination killed: exit {rc}: {r['error']}")
+        self.assertEqual(rc, 1)
+        self.assert_untouched(vm, before, vm.addr)
+
+        # SIGINT to the command mid-migration
+        rc, r = self.run_and_strike(vm, lambda p: p.send_signal(
+            signal.SIGINT))
+        self.note(f"SIGINT: exit {rc}: {r['error']}")
+        self.assertEqual(rc, 1)
+        self.assertIn('SIGINT', r['error'])
+        self.assert_untouched(vm, before, vm.addr)
+
+        # a NIC added at run time, not on the command line
+        vm.qmp('netdev_add', type='tap-transfer', id='hot0',
+               ifname='ttuhot0', script='no', downscript='no')
+        vm.qmp('device_add', driver='virtio-net-pci', netdev='hot0',
+               id='hotnic0', mac='52:54:00:12:35:01')
+        before = vm.snapshot()
+        r = self.upgrade(vm.qmp_path, self.new, expect_ok=False)
+        self.note(f"hot-added NIC: exit {r['returncode']}: {r['error']}")
+        self.assertEqual(r['returncode'], 2)
+        self.assertIn('hotnic0', r['error'])
+        self.assertIn('--extra-args', r['error'])
+        self.assert_untouched(vm, before, vm.addr)
+        # ... which --extra-args brings along
+        r = self.upgrade(vm.qmp_path, self.new, '--dry-run', '--extra-args',
+                         '-netdev tap-transfer,id=hot0,ifname=ttuhot0,'
+                         'script=no,downscript=no -device virtio-net-pci,'
+                         'netdev=hot0,id=hotnic0,mac=52:54:00:12:35:01')
+        self.assertTrue(r['ok'], r)
+
+        # an option it cannot hand over: a plain -netdev tap
+        plain = Vm(self, 'plain', self.old, 9, shared_ram=False, boot=False,
+                   extra=['-netdev', 'tap,id=p0,ifname=ttuplain,script=no,'
+                          'downscript=no',
+                          '-device', 'e1000,netdev=p0'])
+        before = plain.snapshot()
+        r = self.upgrade(plain.qmp_path, self.new, expect_ok=False)
+        self.note(f"plain tap: exit {r['returncode']}: {r['error']}")
+        self.assertEqual(r['returncode'], 2)
+        self.assertIn('-netdev tap', r['error'])
+        self.assertIn('--onboard', r['error'])
+        self.assert_untouched(plain, before)
+
+        # a machine type the target lacks: a VM on the newer QEMU's
+        # newest machine type cannot go back to the older QEMU
+        if self.version_of(self.new) == self.version_of(self.old):
+            self.note('machine type missing: skipped, both QEMUs are '
+                      f'{self.version_of(self.old)}')
+            return
+        newest = Vm(self, 'newest', self.new, 10, shared_ram=False,
+                    boot=False)
+        before = newest.snapshot()
+        r = self.upgrade(newest.qmp_path, self.old, expect_ok=False)
+        self.note(f"machine type: exit {r['returncode']}: {r['error']}")
+        self.assertEqual(r['returncode'], 2)
+        self.assertIn('machine type', r['error'])
+        self.assert_untouched(newest, before)
+
+
+if __name__ == '__main__':
+    QemuSystemTest.main()
