@@ -2,7 +2,7 @@
 #
 # Onboarding: a VM started on Debian's stock QEMU with -netdev tap (7.2
 # from bookworm, 10.0.x from bookworm-backports, unpacked by
-# scripts/stock-qemu/fetch-stock-qemu.sh) is moved onto this project's
+# scripts/pipeline/fetch-stock-qemu.sh) is moved onto this project's
 # QEMU and -netdev tap-transfer by `tap-transfer-upgrade --onboard`: a
 # new TAP like the old one, an ordinary migration (the lossy hop), and
 # from then on upgrades that hand the TAP over with zero loss.
@@ -14,7 +14,7 @@
 # a network namespace of the test's own with 10.0.0.0/24.  Everything is
 # removed afterwards, also on failure.
 #
-# Environment (scripts/stock-qemu/run-onboard-test.sh sets it):
+# Environment (scripts/pipeline/run-onboard-test.sh sets it):
 #   TAP_TRANSFER_GUEST        the guest's kernel and initrd
 #   TAP_TRANSFER_UPGRADE      tools/tap-transfer-upgrade
 #   TAP_TRANSFER_QEMU_10_2    this project's 10.2 binary

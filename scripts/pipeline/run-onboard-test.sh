@@ -14,7 +14,7 @@ set -uo pipefail
 
 root=$(cd "${1:?usage: run-onboard-test.sh ROOT}" && pwd)
 top=$(cd "$(dirname "$0")/../.." && pwd)
-here=$top/scripts/stock-qemu
+here=$top/scripts/pipeline
 
 if [ -f "$root/qemu-build.unavailable" ]; then
     echo "1..0 # SKIP $(cat "$root/qemu-build.unavailable")"
@@ -50,16 +50,12 @@ else
 fi
 
 if [ -z "${TAP_TRANSFER_GUEST:-}" ]; then
-    for g in "$top/scripts/guest/build-guest.sh" \
-             "$top/scripts/lab/guest/build-guest.sh"; do
-        [ -x "$g" ] || continue
-        if guest=$("$g" 2>"$root/stock/guest-build.log"); then
-            export TAP_TRANSFER_GUEST=$guest
-        else
-            echo "# building the guest failed; see $root/stock/guest-build.log"
-        fi
-        break
-    done
+    if guest=$("$top/scripts/lab/guest/build-guest.sh" \
+               2>"$root/stock/guest-build.log"); then
+        export TAP_TRANSFER_GUEST=$guest
+    else
+        echo "# building the guest failed; see $root/stock/guest-build.log"
+    fi
 fi
 
 export TAP_TRANSFER_UPGRADE=$top/tools/tap-transfer-upgrade
