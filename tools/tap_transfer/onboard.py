@@ -679,15 +679,16 @@ class Onboarding:
             self.steers.append(FdbSteer(self.pid, macs, t.ifname,
                                         self.new[t.id].ifname))
 
-    def switch(self):
+    def switch(self, steer=True):
         """The source has stopped: frames for the guest go to the new
         TAPs from now on.  The old TAPs' counters are read first, over
         netlink (a millisecond: every frame meanwhile is lost)."""
         for t, s in zip(self.taps, self.steers):
             self.counters[t.id] = {'at_stop': s.stats()}
-        for s in self.steers:
-            s.to_new()
-        self.switched = True
+        if steer:
+            for s in self.steers:
+                s.to_new()
+            self.switched = True
 
     def before_quit(self):
         """Just before the source quits: what the old TAPs hold unread"""
