@@ -170,7 +170,7 @@ class TapTransferOnboard(QemuSystemTest):
 
     # the VM
 
-    def start_stock(self, binary, fw):
+    def start_stock(self, binary, fw, queues=1, extra=()):
         subprocess.run([self.qemu_img, 'create', '-q', '-f', 'qcow2',
                         self.disk, '16M'], check=True)
         args = ['nsenter', f'--net=/run/netns/{self.ns}', binary, *fw,
@@ -183,12 +183,14 @@ class TapTransferOnboard(QemuSystemTest):
                 '-drive', f'file={self.disk},if=none,id=d0,format=qcow2',
                 '-device', 'virtio-blk-pci,drive=d0,id=blk0',
                 '-netdev', f'tap,id=n0,ifname=tap0,script={self.ifup},'
-                'downscript=no',
+                f"downscript=no{f',queues={queues}' if queues > 1 else ''}",
                 '-device', f'virtio-net-pci,netdev=n0,mac={GUEST_MAC},'
-                'id=nic0',
+                f"id=nic0{f',mq=on,vectors={2 * queues + 2}' if queues > 1 else ''}",
+                # Linux uses as many queue pairs as it has CPUs
+                '-smp', str(queues),
                 '-serial', f'file:{self.console}',
                 '-qmp', f'unix:{self.qmp},server=on,wait=off',
-                '-pidfile', self.pidfile, '-daemonize']
+                '-pidfile', self.pidfile, '-daemonize', *extra]
         r = subprocess.run(args, capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 0, f'stock QEMU: {r.stderr.strip()}')
         self.pids.add(self.read_pid())
@@ -245,8 +247,9 @@ class TapTransferOnboard(QemuSystemTest):
         return {'sent': last, 'lost': lost,
                 'max_gap_ms': round(max(gaps) * 1000, 1) if gaps else 0}
 
-    def upgrade(self, to, *extra):
-        """Run the command on the VM; its JSON report"""
+    def upgrade(self, to, *extra, ok=True):
+        """Run the command on the VM; its JSON report (and exit status
+        when a failure is expected)"""
         cmd = [sys.executable, self.tool, '--qmp', self.qmp, '--to', to,
                '--json', *extra]
         self.log.info('running %s', shlex.join(cmd))
@@ -257,6 +260,8 @@ class TapTransferOnboard(QemuSystemTest):
         except ValueError:
             self.fail(f'no JSON report (exit {r.returncode}): '
                       f'{r.stderr[-500:]}')
+        if not ok:
+            return report, r.returncode
         self.assertTrue(report.get('ok'), f"failed: {report.get('error')}")
         self.assertEqual(r.returncode, 0)
         self.pids.add(report.get('new_pid'))
@@ -322,7 +327,7 @@ class TapTransferOnboard(QemuSystemTest):
         self.note(f'{len(acked)} records acknowledged, all on disk, '
                   'qemu-img check clean')
 
-    def onboard(self, to, keep_name):
+    def onboard(self, to, keep_name, queues=1):
         old = self.link('tap0')
         extra = ['--onboard'] + (['--keep-name'] if keep_name else [])
         report, r = self.hop(to, *extra)
@@ -344,6 +349,8 @@ class TapTransferOnboard(QemuSystemTest):
         self.assertEqual(new['mtu'], old['mtu'])
         self.assertEqual(new['txqlen'], old['txqlen'])
         self.assertIn('UP', new['flags'])
+        self.assertEqual(tap['queues'], queues)
+        self.assertEqual(report['queues'], queues)
         self.assertIsNone(self.link(tap['old_ifname'])
                           if not keep_name else None)
         if keep_name:
@@ -405,17 +412,62 @@ class TapTransferOnboard(QemuSystemTest):
         self.next_hop(q102, '10.2')
 
     def test_onboard_stock_10_0_to_10_2(self):
-        """Stock 10.0.x (bookworm-backports) onboarded onto this
-        project's 10.2; the new TAP keeps its new name."""
+        """Stock 10.0.x (bookworm-backports), a 4-queue TAP, onboarded
+        onto this project's 10.2 (4 queues on the new TAP); the new TAP
+        keeps its new name."""
         stock = self.binary('TAP_TRANSFER_STOCK_10_0', 'stock QEMU 10.0')
         fw = shlex.split(os.environ.get('TAP_TRANSFER_STOCK_L_10_0', ''))
         q102 = self.binary('TAP_TRANSFER_QEMU_10_2', 'QEMU 10.2 build')
-        self.start_stock(stock, fw)
-        report, _ = self.onboard(q102, keep_name=False)
+        self.start_stock(stock, fw, queues=4)
+        report, _ = self.onboard(q102, keep_name=False, queues=4)
         self.assertEqual(report['machine'], 'pc-i440fx-10.0')
         self.check_paths(report, '10.2')
         self.wait_ping()
         self.check_disk()
+
+    def test_onboard_failure_leaves_the_vm_alone(self):
+        """A destination whose load fails after the switchover (it lacks
+        a device the source has): the command fails, the bridge forwards
+        to the old TAP again, the new TAP is gone, and the VM runs on
+        the stock QEMU and its old TAP, answering."""
+        stock = self.binary('TAP_TRANSFER_STOCK_7_2', 'stock QEMU 7.2')
+        fw = shlex.split(os.environ.get('TAP_TRANSFER_STOCK_L_7_2', ''))
+        rng = 'virtio-rng-pci,id=rng0'
+        self.start_stock(stock, fw, extra=('-device', rng))
+        # the new QEMU, without that device: its load fails on the
+        # source's rng0 section, after the source paused for switchover
+        wrapper = os.path.join(self.dir, 'qemu-without-rng')
+        with open(wrapper, 'w') as f:
+            f.write(f'#!{sys.executable}\n'
+                    'import os, sys\n'
+                    'a = sys.argv[1:]\n'
+                    f'if {rng!r} in a:\n'
+                    f'    i = a.index({rng!r})\n'
+                    '    del a[i - 1:i + 1]\n'
+                    f'os.execv({self.qemu_bin!r}, [{self.qemu_bin!r}] + a)\n')
+        os.chmod(wrapper, 0o755)
+        old, links = self.link('tap0'), self.links()
+        pid = self.read_pid()
+        p = self.start_ping(PPS * 60)
+        time.sleep(1.5)
+        report, rc = self.upgrade(wrapper, '--onboard', ok=False)
+        self.note(f"failed onboarding: exit {rc}: {report.get('error')}")
+        self.assertEqual(rc, 1)
+        self.assertFalse(report['ok'])
+        self.assertTrue(pid_alive(pid), 'the stock QEMU is gone')
+        self.assertEqual(self.read_pid(), pid)
+        self.assertEqual(self.links(), links, 'links came or went')
+        self.assertEqual(self.link('tap0')['ifindex'], old['ifindex'])
+        st, = self.query(('query-status', {}))
+        self.assertEqual(st['status'], 'running')
+        fdb = self.nsrun('bridge', 'fdb', 'show', 'br', 'br0')
+        self.assertIn(f'{GUEST_MAC} dev tap0 master br0', fdb)
+        time.sleep(1.5)
+        r = self.stop_ping(p)
+        self.note(f"{r['sent']} pings, lost {len(r['lost'])} while the "
+                  'onboarding failed')
+        late = [s for s in r['lost'] if s > r['sent'] - PPS]
+        self.assertFalse(late, 'the guest does not answer on the source')
 
 
 if __name__ == '__main__':

@@ -228,8 +228,19 @@ class SourceTap:
 
 
 def parse_opts(text):
-    """QEMU's key=value,... with ',,' for a comma; the first bare word is
-    the type"""
+    """QEMU's key=value,... with ',,' for a comma, the first bare word
+    being the type; or the JSON form"""
+    if text.lstrip().startswith('{'):
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            return {}
+        out = {}
+        for k, v in obj.items():
+            if isinstance(v, bool):
+                v = 'on' if v else 'off'
+            out[k] = str(v)
+        return out
     parts, cur, i = [], '', 0
     while i < len(text):
         if text[i] == ',':
