@@ -165,7 +165,8 @@ class Vm:
     console log in its own directory, optionally a qcow2 disk."""
 
     def __init__(self, test, name, qemu, index, queues=1, disk=False,
-                 shared_ram=True, tap_fds=None, boot=True, extra=()):
+                 shared_ram=True, tap_fds=None, boot=True, extra=(),
+                 daemonize=True, memfd=False):
         self.test = test
         self.name = name
         self.dir = os.path.join(test.base, name)
@@ -182,7 +183,9 @@ class Vm:
                 '-nodefaults', '-display', 'none',
                 '-serial', f'file:{self.console}',
                 '-qmp', f'unix:{self.qmp_path},server=on,wait=off',
-                '-pidfile', self.pidfile, '-daemonize']
+                '-pidfile', self.pidfile]
+        if daemonize:
+            args.append('-daemonize')
         if boot:
             records = f' tt.records={RECORDS}' if disk else ''
             args += ['-kernel', os.path.join(test.guest, 'vmlinuz'),
@@ -196,6 +199,9 @@ class Vm:
             args += ['-object', 'memory-backend-file,id=ram0,share=on,'
                      f'mem-path={self.shm},size=128M',
                      '-machine', 'memory-backend=ram0']
+        if memfd:
+            args += ['-object', 'memory-backend-memfd,id=ram0,size=128M',
+                     '-machine', 'memory-backend=ram0,aux-ram-share=on']
         if disk:
             subprocess.run([test.qemu_img, 'create', '-q', '-f', 'qcow2',
                             self.disk, '16M'], check=True)
@@ -213,14 +219,28 @@ class Vm:
                       f'script={test.ifup},downscript=no')
         args += ['-netdev', netdev, '-device', device, *extra]
         log = os.path.join(self.dir, 'start.log')
+        cmd = ['nsenter', f'--net=/run/netns/{test.ns}', qemu, *args]
         with open(log, 'w') as out:
-            r = subprocess.run(['nsenter', f'--net=/run/netns/{test.ns}',
-                                qemu, *args], stdout=out, stderr=out,
-                               pass_fds=tap_fds or (), timeout=120,
-                               check=False)
+            if daemonize:
+                r = subprocess.run(cmd, stdout=out, stderr=out,
+                                   pass_fds=tap_fds or (), timeout=120,
+                                   check=False)
+                rc = r.returncode
+            else:
+                # run by a supervisor of its own, as a process that
+                # does not daemonize is (nsenter execs QEMU)
+                self.proc = subprocess.Popen(cmd, stdout=out, stderr=out,
+                                             stdin=subprocess.DEVNULL,
+                                             pass_fds=tap_fds or (),
+                                             start_new_session=True)
+                deadline = time.monotonic() + 60
+                while not os.path.exists(self.pidfile) and \
+                        self.proc.poll() is None and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.05)
+                rc = self.proc.poll() or 0
         with open(log) as f:
-            test.assertEqual(r.returncode, 0,
-                             f'{name} did not start: {f.read()}')
+            test.assertEqual(rc, 0, f'{name} did not start: {f.read()}')
         self.pid = self.read_pid()
         test.addCleanup(self.kill)
 
@@ -577,8 +597,11 @@ class TapTransferUpgrade(QemuSystemTest):
 
     def test_fleet_parallel(self):
         """Three small VMs upgraded by one command, --parallel 2, each
-        under its own ping: all upgraded, none loses a ping."""
-        vms = [Vm(self, f'fleet{i}', self.old, i + 1) for i in range(3)]
+        under its own ping (one of them not daemonized: its new QEMU is
+        detached): all upgraded, none loses a ping."""
+        # the third does not daemonize: the command detaches its new QEMU
+        vms = [Vm(self, f'fleet{i}', self.old, i + 1, daemonize=i < 2)
+               for i in range(3)]
         for vm in vms:
             vm.wait_console(GUEST_READY)
             self.wait_ping(vm.addr)
@@ -596,6 +619,15 @@ class TapTransferUpgrade(QemuSystemTest):
             v = vm.qmp('query-version')['qemu']
             self.assertEqual(f"{v['major']}.{v['minor']}.{v['micro']}",
                              self.version_of(self.new))
+            # daemonized or detached: a session of its own, outliving
+            # the command
+            self.assertNotEqual(os.getsid(vm.pid), os.getsid(0),
+                                f'{vm.name}: the new QEMU is not detached')
+        # the one that did not daemonize did not start to now
+        with open(f'/proc/{vms[2].pid}/cmdline', 'rb') as f:
+            self.assertNotIn(b'-daemonize', f.read())
+        self.assertIsNotNone(vms[2].proc.poll(),
+                             'the old QEMU of fleet2 is still running')
         for r in report['reports']:
             self.note(f"{r['qmp']}: downtime {r['downtime_ms']} ms, command "
                       f"{r['command_ms']} ms")
@@ -609,6 +641,31 @@ class TapTransferUpgrade(QemuSystemTest):
             time.sleep(0.05)
         left = upgrade_processes(self.base, vms)
         self.assertEqual(left, [], f'QEMUs left over: {describe(left)}')
+
+    def test_memfd_modes(self):
+        """memfd RAM: cpr-transfer for the upgrade (the newer QEMU loads
+        the older's cpr state), RAM copied for the rollback (10.0 cannot
+        load 10.2's), as the command chooses them; --mode overrides."""
+        vm = Vm(self, 'memfd', self.old, 1, shared_ram=False, boot=False,
+                memfd=True)
+        same = self.version_of(self.new) == self.version_of(self.old)
+        up = self.upgrade(vm.qmp_path, self.new)
+        self.assertEqual(up['mode'], 'cpr-transfer')
+        self.assertEqual(vm.read_pid(), up['new_pid'])
+        vm.pid = up['new_pid']
+        down = self.upgrade(vm.qmp_path, self.old)
+        self.assertEqual(down['mode'], 'cpr-transfer' if same else 'copy')
+        vm.pid = down['new_pid']
+        forced = self.upgrade(vm.qmp_path, self.new, '--mode', 'copy')
+        self.assertEqual(forced['mode'], 'copy')
+        vm.pid = forced['new_pid']
+        self.assertEqual(vm.qmp('query-status')['status'], 'running')
+        self.assert_no_leftover([vm])
+        for name, r in (('upgrade', up), ('rollback', down),
+                        ('--mode copy', forced)):
+            self.note(f"memfd {name}: {r['old_version']} -> "
+                      f"{r['new_version']}, {r['mode']}, downtime "
+                      f"{r['downtime_ms']} ms, command {r['command_ms']} ms")
 
     # failures: the VM stays on its QEMU, untouched
 
