@@ -28,11 +28,14 @@
 # This work is licensed under the terms of the GNU GPL, version 2 or
 # later.  See the COPYING file in the top-level directory.
 
+import ctypes
+import fcntl
 import json
 import os
 import re
 import shlex
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -46,6 +49,36 @@ GUEST_MAC = '52:54:00:12:34:56'
 GUEST_READY = 'tap-transfer guest ready'
 PPS = 500
 RECORDS = 2000
+
+
+def open_tap(netns, ifname, queues):
+    """Make multiqueue TAP @ifname in network namespace @netns (a path)
+    as management software does: /dev/net/tun opened once per queue,
+    TUNSETIFF, from this thread moved into @netns meanwhile.  The fds"""
+    libc = ctypes.CDLL(None, use_errno=True)
+    ifr = struct.pack('16sH22x', ifname.encode(),
+                      0x0002 | 0x1000 | 0x4000 | 0x0100)  # TAP NO_PI VNET MQ
+    home = os.open('/proc/thread-self/ns/net', os.O_RDONLY)
+    target = os.open(netns, os.O_RDONLY)
+    fds = []
+    try:
+        if libc.setns(target, 0x40000000):
+            raise OSError(ctypes.get_errno(), 'setns')
+        try:
+            for _ in range(queues):
+                fds.append(os.open('/dev/net/tun', os.O_RDWR))
+                fcntl.ioctl(fds[-1], 0x400454ca, ifr)          # TUNSETIFF
+        finally:
+            if libc.setns(home, 0x40000000):
+                raise OSError(ctypes.get_errno(), 'setns back')
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    finally:
+        os.close(home)
+        os.close(target)
+    return fds
 
 
 def pid_alive(pid):
@@ -170,9 +203,21 @@ class TapTransferOnboard(QemuSystemTest):
 
     # the VM
 
-    def start_stock(self, binary, fw, queues=1, extra=()):
+    def start_stock(self, binary, fw, queues=1, extra=(), fds=False):
+        """The VM on a stock QEMU, -netdev tap with ifname= and its ifup
+        script; or, @fds, on a TAP the test opened and passed as fds=,
+        management style (the test closes its copies)"""
         subprocess.run([self.qemu_img, 'create', '-q', '-f', 'qcow2',
                         self.disk, '16M'], check=True)
+        tap_fds = []
+        netdev = f'tap,id=n0,ifname=tap0,script={self.ifup},downscript=no'
+        if queues > 1:
+            netdev += f',queues={queues}'
+        if fds:
+            tap_fds = open_tap(f'/run/netns/{self.ns}', 'tap0', queues)
+            self.nsrun('ip', 'link', 'set', 'tap0', 'master', 'br0', 'mtu',
+                       '1400', 'txqueuelen', '700', 'up')
+            netdev = f"tap,id=n0,fds={':'.join(map(str, tap_fds))}"
         args = ['nsenter', f'--net=/run/netns/{self.ns}', binary, *fw,
                 '-M', 'pc', '-accel', 'tcg', '-m', '128', '-nodefaults',
                 '-display', 'none', '-name', 'onboard-vm',
@@ -182,8 +227,7 @@ class TapTransferOnboard(QemuSystemTest):
                 f'tt.records={RECORDS}',
                 '-drive', f'file={self.disk},if=none,id=d0,format=qcow2',
                 '-device', 'virtio-blk-pci,drive=d0,id=blk0',
-                '-netdev', f'tap,id=n0,ifname=tap0,script={self.ifup},'
-                f"downscript=no{f',queues={queues}' if queues > 1 else ''}",
+                '-netdev', netdev,
                 '-device', f'virtio-net-pci,netdev=n0,mac={GUEST_MAC},'
                 f"id=nic0{f',mq=on,vectors={2 * queues + 2}' if queues > 1 else ''}",
                 # Linux uses as many queue pairs as it has CPUs
@@ -191,7 +235,12 @@ class TapTransferOnboard(QemuSystemTest):
                 '-serial', f'file:{self.console}',
                 '-qmp', f'unix:{self.qmp},server=on,wait=off',
                 '-pidfile', self.pidfile, '-daemonize', *extra]
-        r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        try:
+            r = subprocess.run(args, capture_output=True, text=True,
+                               timeout=60, pass_fds=tap_fds)
+        finally:
+            for fd in tap_fds:
+                os.close(fd)
         self.assertEqual(r.returncode, 0, f'stock QEMU: {r.stderr.strip()}')
         self.pids.add(self.read_pid())
         self.wait_console(GUEST_READY)
@@ -391,15 +440,16 @@ class TapTransferOnboard(QemuSystemTest):
         self.check_disk()
 
     def test_onboard_keep_name(self):
-        """Stock 7.2 onboarded onto 10.0 with --keep-name: the new TAP
-        takes the old name once the source is gone (its link goes down
-        for the rename: the cost is measured under the flood); then a
-        handover to 10.2 on the renamed TAP."""
+        """Stock 7.2 on a 2-queue TAP the test opened and passed as
+        fds=, onboarded onto 10.0 with --keep-name: the new TAP takes the
+        old name once the source is gone (its link goes down for the
+        rename: the cost is measured under the flood); then a handover
+        to 10.2 on the renamed TAP."""
         stock = self.binary('TAP_TRANSFER_STOCK_7_2', 'stock QEMU 7.2')
         fw = shlex.split(os.environ.get('TAP_TRANSFER_STOCK_L_7_2', ''))
         q102 = self.binary('TAP_TRANSFER_QEMU_10_2', 'QEMU 10.2 build')
-        self.start_stock(stock, fw)
-        _, r = self.onboard(self.qemu_bin, keep_name=True)
+        self.start_stock(stock, fw, queues=2, fds=True)
+        _, r = self.onboard(self.qemu_bin, keep_name=True, queues=2)
         ifname, = self.query(('qom-get', {'path': '/netdevs/n0',
                                           'property': 'ifname'}))
         if ifname != 'tap0':
