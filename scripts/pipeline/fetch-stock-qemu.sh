@@ -1,7 +1,8 @@
 #!/bin/bash
 # Unpack one of Debian's stock QEMUs (qemu-system-x86 with its common and
-# data packages, qemu-utils for qemu-img, seabios and ipxe-qemu) into a directory of its own, with
-# apt-get download + dpkg -x: the system's QEMU, if any, is left alone.
+# data packages, qemu-utils for qemu-img, seabios and ipxe-qemu) into a
+# directory of its own, with apt-get download + dpkg -x: the system's
+# QEMU, if any, is left alone.
 # The runtime libraries the binary links to are installed with apt (they
 # are ordinary Debian libraries, not QEMU).  Prints the binary's path.
 #

@@ -180,9 +180,10 @@ def read_tap(pid, ifname):
     mln = link(pid, master)
     kind = (mln or {}).get('linkinfo', {}).get('info_kind')
     if kind != 'bridge':
-        raise OnboardError(f'{ifname}: its master {master} is '
-                           f"{'an Open vSwitch datapath' if kind == 'openvswitch' else 'a ' + str(kind)}"
-                           ', not a Linux bridge: not supported')
+        what = ('an Open vSwitch datapath' if kind == 'openvswitch'
+                else f'a {kind}')
+        raise OnboardError(f'{ifname}: its master {master} is {what}, not a '
+                           'Linux bridge: not supported')
     vlans = None
     if mln['linkinfo'].get('info_data', {}).get('vlan_filtering'):
         vlans = bridge_vlans(pid, ifname)
