@@ -203,7 +203,8 @@ class TapTransferOnboard(QemuSystemTest):
 
     # the VM
 
-    def start_stock(self, binary, fw, queues=1, extra=(), fds=False):
+    def start_stock(self, binary, fw, queues=1, extra=(), fds=False,
+                    attach=True):
         """The VM on a stock QEMU, -netdev tap with ifname= and its ifup
         script; or, @fds, on a TAP the test opened and passed as fds=,
         management style (the test closes its copies)"""
@@ -211,6 +212,8 @@ class TapTransferOnboard(QemuSystemTest):
                         self.disk, '16M'], check=True)
         tap_fds = []
         netdev = f'tap,id=n0,ifname=tap0,script={self.ifup},downscript=no'
+        if not attach:
+            netdev = 'tap,id=n0,ifname=tap0,script=no,downscript=no'
         if queues > 1:
             netdev += f',queues={queues}'
         if fds:
@@ -244,7 +247,8 @@ class TapTransferOnboard(QemuSystemTest):
         self.assertEqual(r.returncode, 0, f'stock QEMU: {r.stderr.strip()}')
         self.pids.add(self.read_pid())
         self.wait_console(GUEST_READY)
-        self.wait_ping()
+        if attach:
+            self.wait_ping()
 
     def wait_console(self, text, timeout=60):
         deadline = time.monotonic() + timeout
@@ -288,13 +292,35 @@ class TapTransferOnboard(QemuSystemTest):
         text = p.out.read()
         replies = [(float(m.group(1)), int(m.group(2))) for m in re.finditer(
             r'^\[([\d.]+)\] .*icmp_seq=(\d+) .*time=', text, re.M)]
-        self.assertTrue(replies, f'no replies: {text[-300:]}')
+        self.assertTrue(replies, 'the guest stopped answering (network '
+                        f'state in the log): {text[-300:]}')
+        if not replies:
+            self.dump_network()
         answered = {seq for _, seq in replies}
         last = max(answered)
         lost = [s for s in range(1, last) if s not in answered]
         gaps = [b[0] - a[0] for a, b in zip(replies, replies[1:])]
         return {'sent': last, 'lost': lost,
                 'max_gap_ms': round(max(gaps) * 1000, 1) if gaps else 0}
+
+    def dump_network(self):
+        """What the log needs to explain a guest that stopped answering:
+        the bridge's forwarding entries, the links and their counters,
+        the TAP qdiscs, the QEMU's view, the end of the console"""
+        for cmd in (('bridge', 'fdb', 'show', 'br', 'br0'),
+                    ('ip', '-s', '-d', 'link'), ('tc', '-s', 'qdisc'),
+                    ('ip', 'neigh')):
+            self.log.info('%s:\n%s', ' '.join(cmd),
+                          self.nsrun(*cmd, check=False))
+        try:
+            for cmd in ('info network', 'info status'):
+                out, = self.query(('human-monitor-command',
+                                   {'command-line': cmd}))
+                self.log.info('%s:\n%s', cmd, out)
+        except Exception as e:      # pylint: disable=broad-except
+            self.log.info('QMP: %s', e)
+        with open(self.console, errors='replace') as f:
+            self.log.info('console (end):\n%s', f.read()[-2000:])
 
     def upgrade(self, to, *extra, ok=True):
         """Run the command on the VM; its JSON report (and exit status
@@ -518,6 +544,29 @@ class TapTransferOnboard(QemuSystemTest):
                   'onboarding failed')
         late = [s for s in r['lost'] if s > r['sent'] - PPS]
         self.assertFalse(late, 'the guest does not answer on the source')
+
+    def test_onboard_refusals(self):
+        """What the command refuses, up front, in one line, exit status
+        2, with nothing made: a plain tap without --onboard, --keep-name
+        without --onboard, and a TAP on no bridge (routed: the command
+        cannot see how to wire a new one)."""
+        stock = self.binary('TAP_TRANSFER_STOCK_7_2', 'stock QEMU 7.2')
+        fw = shlex.split(os.environ.get('TAP_TRANSFER_STOCK_L_7_2', ''))
+        self.start_stock(stock, fw, attach=False)
+        links = self.links()
+        pid = self.read_pid()
+        for extra, want in (((), 'use --onboard'),
+                            (('--keep-name',), 'use --onboard'),
+                            (('--onboard',), 'tap0 has no master')):
+            report, rc = self.upgrade(self.qemu_bin, *extra, ok=False)
+            self.note(f"{' '.join(extra) or '(plain)'}: exit {rc}: "
+                      f"{report.get('error')}")
+            self.assertEqual(rc, 2)
+            self.assertTrue(report.get('refused'))
+            self.assertIn(want, report.get('error', ''))
+            self.assertEqual(self.links(), links, 'links came or went')
+            self.assertTrue(pid_alive(pid))
+            self.assertEqual(self.read_pid(), pid)
 
 
 if __name__ == '__main__':
