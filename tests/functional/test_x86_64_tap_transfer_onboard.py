@@ -292,10 +292,10 @@ class TapTransferOnboard(QemuSystemTest):
         text = p.out.read()
         replies = [(float(m.group(1)), int(m.group(2))) for m in re.finditer(
             r'^\[([\d.]+)\] .*icmp_seq=(\d+) .*time=', text, re.M)]
-        self.assertTrue(replies, 'the guest stopped answering (network '
-                        f'state in the log): {text[-300:]}')
         if not replies:
             self.dump_network()
+        self.assertTrue(replies, 'the guest stopped answering (network '
+                        f'state in the log): {text[-300:]}')
         answered = {seq for _, seq in replies}
         last = max(answered)
         lost = [s for s in range(1, last) if s not in answered]
