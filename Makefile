@@ -4,6 +4,9 @@
 #   make check    ... and run the tests
 #   make demo     ... and upgrade a real guest's QEMU 10.0 -> 10.2 (and back)
 #                 under a ping flood, with a report
+#   make demo ONBOARD=1   ... the guest starts on Debian's stock QEMU 7.2
+#                 (-netdev tap), is onboarded onto 10.0, then upgraded and
+#                 rolled back
 #   make bench    ... and compare with today's practice (RUNS=5), and time
 #                 tap-transfer-upgrade for 1 VM and 3 VMs
 #   make install  ... and install each QEMU under PREFIX (/opt/tap-transfer),
@@ -67,10 +70,24 @@ guest: deps
 # then rolled back, when 10.2 is built (UPGRADE=0: one 10.0 -> 10.0 hop)
 UPGRADE ?= 1
 UPGRADE_BIN = $(BUILD)/qemu-10.2-build/qemu-system-x86_64
+# ONBOARD=1: the VM boots on Debian's stock QEMU 7.2 (-netdev tap) and is
+# onboarded onto QEMU 10.0 first (tap-transfer-upgrade --onboard)
+ONBOARD ?= 0
+STOCK = $(BUILD)/stock/stock-7.2/root/usr/bin
+ifeq ($(ONBOARD),1)
+demo: build guest
+	scripts/pipeline/fetch-stock-qemu.sh $(BUILD)/stock 7.2 >/dev/null
+	scripts/lab/demo-onboard.py --stock $(STOCK)/qemu-system-x86_64 \
+	    --stock-fw "$$(cat $(BUILD)/stock/stock-7.2/firmware-args)" \
+	    --qemu-img $(STOCK)/qemu-img --qemu $(QEMU_BIN) \
+	    --guest "$$(scripts/lab/guest/build-guest.sh)" \
+	    $$(if [ -x $(UPGRADE_BIN) ]; then echo --upgrade-to $(UPGRADE_BIN); fi)
+else
 demo: build guest
 	scripts/lab/demo.py --qemu $(QEMU_BIN) --guest "$$(scripts/lab/guest/build-guest.sh)" \
 	    $$(if [ "$(UPGRADE)$(QEMU_VERSION)" = 110.0 ] && [ -x $(UPGRADE_BIN) ]; then \
 	         echo --upgrade-to $(UPGRADE_BIN) --rollback; fi)
+endif
 
 # RUNS=N runs of each mode (default 5); results in $(BUILD)/bench/
 RUNS ?= 5

@@ -8,6 +8,7 @@
 #   PREFIX/qemu-10.2/...
 #   PREFIX/bin/tap-transfer-upgrade     the operator's command, and
 #   PREFIX/lib/tap-transfer/python/     the QEMU Python (qemu.qmp) it uses
+#   PREFIX/lib/tap-transfer/tap_transfer/   its --onboard part
 #
 #   install.sh BUILD_ROOT PREFIX [DESTDIR]
 #
@@ -79,6 +80,9 @@ install_tool() {
     install -d "$destdir$prefix/bin" "$lib/qemu/qmp"
     install -m 755 "$top/tools/tap-transfer-upgrade" "$destdir$prefix/bin/"
     install -m 644 "$python"/qemu/qmp/*.py "$lib/qemu/qmp/"
+    install -d "$destdir$prefix/lib/tap-transfer/tap_transfer"
+    install -m 644 "$top"/tools/tap_transfer/*.py \
+        "$destdir$prefix/lib/tap-transfer/tap_transfer/"
     echo "install: tap-transfer-upgrade -> $destdir$prefix/bin"
 }
 
