@@ -86,8 +86,21 @@ install_tool() {
     echo "install: tap-transfer-upgrade -> $destdir$prefix/bin"
 }
 
-install_series "$root/qemu-build" 10.0
-if [ -d "$root/qemu-10.2-build" ] || [ -f "$root/qemu-10.2-build.unavailable" ]; then
-    install_series "$root/qemu-10.2-build" 10.2
+# The series this build directory built (its stamp), as QEMU_VERSIONS chose
+installed=0
+for series in 10.0 10.2; do
+    if [ "$series" = 10.0 ]; then
+        build=$root/qemu-build stamp=$root/qemu.stamp
+    else
+        build=$root/qemu-$series-build stamp=$root/qemu-$series.stamp
+    fi
+    if [ -f "$stamp" ]; then
+        install_series "$build" "$series"
+        installed=1
+    fi
+done
+if [ "$installed" = 0 ]; then
+    echo "install: no QEMU series is built in $root" >&2
+    exit 1
 fi
 install_tool
