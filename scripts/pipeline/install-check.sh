@@ -55,19 +55,30 @@ for v in "${versions[@]}"; do
     n=$((n + 1))
     dest=$destdir$prefix/qemu-$v
     pidfile=$work/qemu-$v.pid
-    # In a private network namespace: its TAP goes with it
-    if ! unshare --net "$dest/bin/qemu-system-x86_64" -M pc -m 64 \
-            -nodefaults -display none -S -daemonize -pidfile "$pidfile" \
-            -netdev tap-transfer,id=n0,ifname=ttinst0,script=no,downscript=no \
-            -device virtio-net-pci,netdev=n0 > "$work/qemu-$v.log" 2>&1; then
+    # In a private network namespace: its TAP goes with it.  Not
+    # daemonized: an ASan build can deadlock in the forked child.
+    unshare --net "$dest/bin/qemu-system-x86_64" -M pc -m 64 \
+        -nodefaults -display none -S -pidfile "$pidfile" \
+        -netdev tap-transfer,id=n0,ifname=ttinst0,script=no,downscript=no \
+        -device virtio-net-pci,netdev=n0 > "$work/qemu-$v.log" 2>&1 &
+    pid=$!
+    # Its netdev exists, and its module is mapped, once it is paused (-S)
+    modules=
+    for _ in $(seq 600); do
+        modules=$(grep -o '/[^ ]*net-tap-transfer\.so' "/proc/$pid/maps" \
+                  2>/dev/null | sort -u)
+        if [ -n "$modules" ] || ! kill -0 "$pid" 2>/dev/null; then
+            break
+        fi
+        sleep 0.1
+    done
+    if ! kill "$pid" 2>/dev/null; then
         echo "not ok $n - installed QEMU $v does not start"
         sed 's/^/# /' "$work/qemu-$v.log"
         rc=1
         continue
     fi
-    pid=$(cat "$pidfile")
-    modules=$(grep -o '/[^ ]*net-tap-transfer\.so' "/proc/$pid/maps" | sort -u)
-    kill "$pid"
+    wait "$pid" 2>/dev/null
     if [ "$modules" = "$(ls "$dest"/lib/*/qemu/net-tap-transfer.so)" ]; then
         echo "ok $n - installed QEMU $v runs with its own $modules"
     else

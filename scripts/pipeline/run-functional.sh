@@ -21,6 +21,12 @@ qemu_build=${2:?$usage}
 test=${3:?$usage}
 top=$(cd "$(dirname "$0")/../.." && pwd)
 
+# The upgrade command daemonizes its VMs' QEMUs, as production does
+if [ "${SANITIZE:-0}" = 1 ] && [ "$test" = test_x86_64_tap_transfer_upgrade.py ]; then
+    echo "1..0 # SKIP a QEMU built with ASan that daemonizes can deadlock in its forked child (an allocator lock held by another thread at fork); the qtests cover the module under ASan"
+    exit 0
+fi
+
 # A series whose source the archive no longer serves: skip, saying why
 if [ -f "$qemu_build.unavailable" ]; then
     echo "1..0 # SKIP $(cat "$qemu_build.unavailable")"

@@ -13,6 +13,12 @@
 set -uo pipefail
 
 root=$(cd "${1:?usage: run-onboard-test.sh ROOT}" && pwd)
+
+# The onboarded VMs daemonize, as production ones do
+if [ "${SANITIZE:-0}" = 1 ]; then
+    echo "1..0 # SKIP a QEMU built with ASan that daemonizes can deadlock in its forked child (an allocator lock held by another thread at fork); the qtests cover the module under ASan"
+    exit 0
+fi
 top=$(cd "$(dirname "$0")/../.." && pwd)
 here=$top/scripts/pipeline
 
