@@ -28,19 +28,17 @@
 # This work is licensed under the terms of the GNU GPL, version 2 or
 # later.  See the COPYING file in the top-level directory.
 
-import ctypes
-import fcntl
 import json
 import os
 import re
 import shlex
 import signal
-import struct
 import subprocess
 import sys
 import time
 
 from qemu_test import QemuSystemTest
+from tap_transfer_lab import alive, open_tap_in_netns
 
 
 HOST_ADDR = '10.0.0.1'
@@ -49,44 +47,6 @@ GUEST_MAC = '52:54:00:12:34:56'
 GUEST_READY = 'tap-transfer guest ready'
 PPS = 500
 RECORDS = 2000
-
-
-def open_tap(netns, ifname, queues):
-    """Make multiqueue TAP @ifname in network namespace @netns (a path)
-    as management software does: /dev/net/tun opened once per queue,
-    TUNSETIFF, from this thread moved into @netns meanwhile.  The fds"""
-    libc = ctypes.CDLL(None, use_errno=True)
-    ifr = struct.pack('16sH22x', ifname.encode(),
-                      0x0002 | 0x1000 | 0x4000 | 0x0100)  # TAP NO_PI VNET MQ
-    home = os.open('/proc/thread-self/ns/net', os.O_RDONLY)
-    target = os.open(netns, os.O_RDONLY)
-    fds = []
-    try:
-        if libc.setns(target, 0x40000000):
-            raise OSError(ctypes.get_errno(), 'setns')
-        try:
-            for _ in range(queues):
-                fds.append(os.open('/dev/net/tun', os.O_RDWR))
-                fcntl.ioctl(fds[-1], 0x400454ca, ifr)          # TUNSETIFF
-        finally:
-            if libc.setns(home, 0x40000000):
-                raise OSError(ctypes.get_errno(), 'setns back')
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    finally:
-        os.close(home)
-        os.close(target)
-    return fds
-
-
-def pid_alive(pid):
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
-    except (OSError, IndexError):
-        return False
 
 
 class TapTransferOnboard(QemuSystemTest):
@@ -174,10 +134,10 @@ class TapTransferOnboard(QemuSystemTest):
 
     def kill_qemus(self):
         for pid in list(self.pids) + [self.read_pid()]:
-            if pid and pid_alive(pid):
+            if pid and alive(pid):
                 os.kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + 10
-                while pid_alive(pid) and time.monotonic() < deadline:
+                while alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.05)
 
     def kill_pings(self):
@@ -220,7 +180,7 @@ class TapTransferOnboard(QemuSystemTest):
         if queues > 1:
             netdev += f',queues={queues}'
         if fds:
-            tap_fds = open_tap(f'/run/netns/{self.ns}', 'tap0', queues)
+            tap_fds = open_tap_in_netns(self.ns, 'tap0', queues)
             self.nsrun('ip', 'link', 'set', 'tap0', 'master', 'br0', 'mtu',
                        '1400', 'txqueuelen', '700', 'up')
             netdev = f"tap,id=n0,fds={':'.join(map(str, tap_fds))}"
@@ -381,7 +341,7 @@ class TapTransferOnboard(QemuSystemTest):
         self.assertEqual(f"{v['qemu']['major']}.{v['qemu']['minor']}",
                          version)
         self.assertEqual(self.read_pid(), report['new_pid'])
-        self.assertFalse(pid_alive(report['old_pid']), 'the source runs')
+        self.assertFalse(alive(report['old_pid']), 'the source runs')
         with open(self.console, errors='replace') as f:
             self.assertIn(GUEST_READY, f.read(),
                           'the console log lost its start')
@@ -392,7 +352,7 @@ class TapTransferOnboard(QemuSystemTest):
         pid = self.read_pid()
         self.query(('quit', {}))
         deadline = time.monotonic() + 30
-        while pid_alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         with open(self.console, errors='replace') as f:
             acked = {int(n) for n in re.findall(r'tt-record (\d+) acked',
@@ -540,7 +500,7 @@ class TapTransferOnboard(QemuSystemTest):
         self.note(f"failed onboarding: exit {rc}: {report.get('error')}")
         self.assertEqual(rc, 1)
         self.assertFalse(report['ok'])
-        self.assertTrue(pid_alive(pid), 'the stock QEMU is gone')
+        self.assertTrue(alive(pid), 'the stock QEMU is gone')
         self.assertEqual(self.read_pid(), pid)
         self.assertEqual(self.links(), links, 'links came or went')
         self.assertEqual(self.link('tap0')['ifindex'], old['ifindex'])
@@ -575,7 +535,7 @@ class TapTransferOnboard(QemuSystemTest):
             self.assertTrue(report.get('refused'))
             self.assertIn(want, report.get('error', ''))
             self.assertEqual(self.links(), links, 'links came or went')
-            self.assertTrue(pid_alive(pid))
+            self.assertTrue(alive(pid))
             self.assertEqual(self.read_pid(), pid)
 
 
