@@ -20,7 +20,6 @@
 
 import os
 import socket
-import sys
 import time
 
 from qemu.machine import QEMUMachine
