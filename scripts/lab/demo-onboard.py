@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
 
 import ttlab
@@ -156,11 +155,4 @@ def main():
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print('interrupted; everything was cleaned up')
-        sys.exit(130)
-    except ttlab.LabError as e:
-        print(f'demo: {e}', file=sys.stderr)
-        sys.exit(1)
+    ttlab.run_main(main, 'demo')

@@ -44,6 +44,20 @@ def kcmp_file(pid1, fd1, pid2, fd2):
     return _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
 
 
+def run_main(main, prog):
+    """Exit with @main()'s status: what the lab scripts end with.  On
+    Ctrl-C or SIGTERM (the lab has been torn down by then) with 130; on a
+    LabError with 1, the error on stderr after @prog."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print('interrupted; everything was cleaned up')
+        sys.exit(130)
+    except LabError as e:
+        print(f'{prog}: {e}', file=sys.stderr)
+        sys.exit(1)
+
+
 def qemu_python(qemu):
     """The python/ directory of the QEMU tree @qemu was built from: this
     project builds <build>/qemu-build from the prepared <build>/qemu-src."""
