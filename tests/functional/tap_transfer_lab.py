@@ -237,3 +237,14 @@ class TapLabTest(QemuSystemTest):
         return {'sent': sent, 'received': received, 'lost': len(missing),
                 'missing': missing,
                 'max_gap_ms': max(gaps) * 1000 if gaps else 0}
+
+    def assert_flows_lossless(self, flows, what=''):
+        """Each ping flood of @flows, once it ends, noted (after @what)
+        and without a lost ping."""
+        for i, p in enumerate(flows):
+            r = self.ping_result(p)
+            self.note(f"flow {i}: {what}{r['sent']} pings, lost {r['lost']} "
+                      f"{r['missing'][:10]}, longest reply gap "
+                      f"{r['max_gap_ms']:.1f} ms")
+            self.assertEqual(r['lost'], 0,
+                             f"flow {i}: pings lost: {r['missing'][:20]}")

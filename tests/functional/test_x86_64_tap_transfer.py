@@ -210,14 +210,8 @@ class TapTransfer(TapLabTest):
         dst, info = self.migrate(src, queues, dst_netdev)
         self.assert_same_tap(src, dst, queues)
         src.shutdown()
-        for i, p in enumerate(flows):
-            r = self.ping_result(p)
-            self.note(f"flow {i}: downtime {info.get('downtime')} ms, "
-                      f"{r['sent']} pings, lost {r['lost']} "
-                      f"{r['missing'][:10]}, longest reply gap "
-                      f"{r['max_gap_ms']:.1f} ms")
-            self.assertEqual(r['lost'], 0,
-                             f"flow {i}: pings lost: {r['missing'][:20]}")
+        self.assert_flows_lossless(flows,
+                                   f"downtime {info.get('downtime')} ms, ")
         self.assertEqual(self.ifindex('tt0'), ifindex,
                          'the TAP ifindex changed')
         self.assertEqual(self.links(), links, 'links came or went')

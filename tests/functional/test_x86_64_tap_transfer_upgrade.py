@@ -384,13 +384,7 @@ class TapTransferUpgrade(TapLabTest):
         time.sleep(1.5)
         down = self.upgrade(vm.qmp_path, self.old)
         self.check_upgraded(vm, down, self.old, ifindex, links, dups)
-        for i, p in enumerate(flows):
-            r = self.ping_result(p)
-            self.note(f"flow {i}: {r['sent']} pings, lost {r['lost']} "
-                      f"{r['missing'][:10]}, longest reply gap "
-                      f"{r['max_gap_ms']:.1f} ms")
-            self.assertEqual(r['lost'], 0,
-                             f"flow {i}: pings lost: {r['missing'][:20]}")
+        self.assert_flows_lossless(flows)
         # records go on after the rollback, into the same console log
         acked_after = len(vm.acked())
         vm.wait_acks(acked_after + 10)
