@@ -21,9 +21,6 @@ import time
 
 import ttlab
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOOL = os.path.join(HERE, '..', '..', 'tools', 'tap-transfer-upgrade')
-
 MODES = [
     ('tap-transfer', False, True),
     ('new TAP + switch', False, False),
@@ -113,7 +110,7 @@ def operator_run(args, nvms, parallel):
         time.sleep(1)
         qmp = [a for vm in vms for a in ('--qmp', vm.qmp_path)]
         t0 = time.monotonic()
-        r = subprocess.run([TOOL, *qmp, '--to', to, '--parallel',
+        r = subprocess.run([ttlab.UPGRADE_TOOL, *qmp, '--to', to, '--parallel',
                             str(parallel), '--json', '--quiet'],
                            stdout=subprocess.PIPE, text=True, env=env)
         seconds = time.monotonic() - t0

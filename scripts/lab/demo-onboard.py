@@ -9,32 +9,11 @@ and rolls it back, handing the TAP over: no ping lost.  The report is
 the command's, with the pings of each part and the disk figures."""
 
 import argparse
-import json
 import os
 import shlex
-import subprocess
-import sys
 import time
 
 import ttlab
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOOL = os.path.join(HERE, '..', '..', 'tools', 'tap-transfer-upgrade')
-
-
-def run_tool(env, vm, to, *extra):
-    """The command's JSON report; its progress goes to our stderr."""
-    r = subprocess.run([TOOL, '--qmp', vm.qmp_path, '--to', to, '--json',
-                        *extra], stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        report = json.loads(r.stdout)
-    except ValueError as e:
-        raise ttlab.LabError(f'tap-transfer-upgrade printed no report '
-                             f'(exit {r.returncode})') from e
-    if r.returncode or not report.get('ok'):
-        raise ttlab.LabError(f"tap-transfer-upgrade failed: "
-                             f"{report.get('error')}")
-    return report
 
 
 def lost_before_end(result):
@@ -83,7 +62,8 @@ def main():
         time.sleep(1.5)
         acked_before = len(vm.acked())
         extra = ['--onboard'] + (['--keep-name'] if args.keep_name else [])
-        onboarding = run_tool(env, vm, args.qemu, *extra)
+        onboarding = ttlab.run_upgrade(ttlab.UPGRADE_TOOL, env, vm,
+                                       args.qemu, *extra)
         time.sleep(1.5)
         onboard_ping = lab.stop_ping(ping)
 
@@ -93,9 +73,11 @@ def main():
                   flush=True)
             ping = lab.start_ping(args.pps * 60, 1 / args.pps)
             time.sleep(1.5)
-            reports.append(run_tool(env, vm, args.upgrade_to))
+            reports.append(ttlab.run_upgrade(ttlab.UPGRADE_TOOL, env, vm,
+                                             args.upgrade_to))
             time.sleep(2)
-            reports.append(run_tool(env, vm, args.qemu))
+            reports.append(ttlab.run_upgrade(ttlab.UPGRADE_TOOL, env, vm,
+                                             args.qemu))
             time.sleep(1.5)
             handover_ping = lab.stop_ping(ping)
         final_pid = vm.pid()
@@ -156,11 +138,4 @@ def main():
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print('interrupted; everything was cleaned up')
-        sys.exit(130)
-    except ttlab.LabError as e:
-        print(f'demo: {e}', file=sys.stderr)
-        sys.exit(1)
+    ttlab.run_main(main, 'demo')

@@ -9,31 +9,10 @@ is the command's, plus the ping and disk figures.  Without --upgrade-to:
 one hop to the same binary."""
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import time
 
 import ttlab
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOOL = os.path.join(HERE, '..', '..', 'tools', 'tap-transfer-upgrade')
-
-
-def run_tool(tool, env, vm, to):
-    """The command's JSON report; its progress goes to our stderr."""
-    r = subprocess.run([tool, '--qmp', vm.qmp_path, '--to', to, '--json'],
-                       stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        report = json.loads(r.stdout)
-    except ValueError as e:
-        raise ttlab.LabError(f'tap-transfer-upgrade printed no report '
-                             f'(exit {r.returncode})') from e
-    if r.returncode or not report.get('ok'):
-        raise ttlab.LabError(f"tap-transfer-upgrade failed: "
-                             f"{report.get('error')}")
-    return report
 
 
 def main():
@@ -46,7 +25,7 @@ def main():
                     help='the destination QEMU binary, another version')
     ap.add_argument('--rollback', action='store_true',
                     help='after the upgrade, hand the guest back to --qemu')
-    ap.add_argument('--tool', default=TOOL,
+    ap.add_argument('--tool', default=ttlab.UPGRADE_TOOL,
                     help='the tap-transfer-upgrade command (default: this '
                          'checkout\'s)')
     ap.add_argument('--python-dir',
@@ -57,7 +36,7 @@ def main():
         ap.error('--rollback needs --upgrade-to')
     python_dir = args.python_dir or ttlab.qemu_python(args.qemu)
     env = dict(os.environ)
-    if args.tool == TOOL:
+    if args.tool == ttlab.UPGRADE_TOOL:
         # this checkout's command, on the QEMU tree's python/
         env['TAP_TRANSFER_QEMU_PYTHON'] = python_dir
     else:
@@ -93,7 +72,7 @@ def main():
         for i, to in enumerate(hops):
             if i:
                 time.sleep(2)
-            reports.append(run_tool(args.tool, env, vm, to))
+            reports.append(ttlab.run_upgrade(args.tool, env, vm, to))
         result = lab.ping_result(ping)
         final_pid = vm.pid()
         final_version = vm.cmd('query-version')['qemu']
@@ -156,11 +135,4 @@ def main():
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print('interrupted; everything was cleaned up')
-        sys.exit(130)
-    except ttlab.LabError as e:
-        print(f'demo: {e}', file=sys.stderr)
-        sys.exit(1)
+    ttlab.run_main(main, 'demo')

@@ -30,7 +30,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 
 import ttlab
@@ -454,8 +453,4 @@ def main():
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print('interrupted; everything was cleaned up')
-        sys.exit(130)
+    ttlab.run_main(main, 'soak')

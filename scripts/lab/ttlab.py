@@ -13,6 +13,7 @@ Used by demo.py, bench.py and soak.py.
 
 import bisect
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -25,6 +26,9 @@ import time
 GUEST_ADDR = '10.0.0.2'
 HOST_ADDR = '10.0.0.1'
 GUEST_MAC = '52:54:00:12:34:56'
+# this checkout's operator command
+UPGRADE_TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            '..', '..', 'tools', 'tap-transfer-upgrade')
 
 
 # the log trace backend with -msg timestamp=on: "tid@sec.usec:name args"
@@ -42,6 +46,37 @@ KCMP_FILE = 0
 
 def kcmp_file(pid1, fd1, pid2, fd2):
     return _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
+
+
+def run_main(main, prog):
+    """Exit with @main()'s status: what the lab scripts end with.  On
+    Ctrl-C or SIGTERM (the lab has been torn down by then) with 130; on a
+    LabError with 1, the error on stderr after @prog."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print('interrupted; everything was cleaned up')
+        sys.exit(130)
+    except LabError as e:
+        print(f'{prog}: {e}', file=sys.stderr)
+        sys.exit(1)
+
+
+def run_upgrade(tool, env, vm, to, *extra):
+    """Run the upgrade command @tool on DaemonVm @vm, to QEMU binary @to,
+    with @extra options; its JSON report, which must say ok.  Its
+    progress goes to our stderr."""
+    r = subprocess.run([tool, '--qmp', vm.qmp_path, '--to', to, '--json',
+                        *extra], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        report = json.loads(r.stdout)
+    except ValueError as e:
+        raise LabError(f'tap-transfer-upgrade printed no report '
+                       f'(exit {r.returncode})') from e
+    if r.returncode or not report.get('ok'):
+        raise LabError(f"tap-transfer-upgrade failed: "
+                       f"{report.get('error')}")
+    return report
 
 
 def qemu_python(qemu):

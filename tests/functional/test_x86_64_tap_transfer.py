@@ -18,146 +18,37 @@
 # This work is licensed under the terms of the GNU GPL, version 2 or
 # later.  See the COPYING file in the top-level directory.
 
-import ctypes
-import fcntl
 import os
-import re
 import socket
-import struct
-import subprocess
-import sys
 import time
 
 from qemu.machine import QEMUMachine
 from qemu_test import QemuSystemTest, wait_for_console_pattern
+from tap_transfer_lab import (GUEST_ADDR, GUEST_MAC, GUEST_READY, PPS,
+                              TapLabTest, open_tap_in_netns, same_open_file,
+                              tun_fds)
 
 
-HOST_ADDR = '10.0.0.1'
-GUEST_ADDR = '10.0.0.2'
-GUEST_MAC = '52:54:00:12:34:56'
 # more flows for the multiqueue case: their hashes spread over the queues
 EXTRA_SOURCES = ('10.0.0.11', '10.0.0.12', '10.0.0.13')
-PPS = 500
-GUEST_READY = 'tap-transfer guest ready'
-
-_libc = ctypes.CDLL(None, use_errno=True)
-SYS_KCMP = 312          # x86_64
-KCMP_FILE = 0
 
 
-CLONE_NEWNET = 0x40000000
-TUNSETIFF = 0x400454ca
-IFF_TAP = 0x0002
-IFF_MULTI_QUEUE = 0x0100
-IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000
-
-
-def _setns(fd):
-    if _libc.setns(fd, CLONE_NEWNET):
-        err = ctypes.get_errno()
-        raise OSError(err, f'setns: {os.strerror(err)}')
-
-
-def open_tap_in_netns(ns, ifname, queues):
-    """Create the multiqueue TAP @ifname in namespace @ns the way
-    management software does: open /dev/net/tun once per queue and
-    TUNSETIFF, with this thread in @ns for the while (the TAP is made in
-    the namespace of whoever creates it).  Returns the fds, O_RDWR."""
-    flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE
-    ifr = struct.pack('16sH22x', ifname.encode(), flags)
-    home = os.open('/proc/thread-self/ns/net', os.O_RDONLY)
-    fds = []
-    try:
-        there = os.open(f'/run/netns/{ns}', os.O_RDONLY)
-        try:
-            _setns(there)
-        finally:
-            os.close(there)
-        try:
-            for _ in range(queues):
-                fds.append(os.open('/dev/net/tun', os.O_RDWR))
-                fcntl.ioctl(fds[-1], TUNSETIFF, ifr)
-        finally:
-            _setns(home)
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    finally:
-        os.close(home)
-    return fds
-
-
-def same_open_file(pid1, fd1, pid2, fd2):
-    """kcmp(2): are these two fds the same open file description?"""
-    return _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
-
-
-def tun_fds(pid):
-    """The fds of process @pid that are open on /dev/net/tun."""
-    fds = []
-    d = f'/proc/{pid}/fd'
-    for fd in os.listdir(d):
-        try:
-            if os.readlink(f'{d}/{fd}') == '/dev/net/tun':
-                fds.append(int(fd))
-        except OSError:
-            pass
-    return sorted(fds)
-
-
-class TapTransfer(QemuSystemTest):
+class TapTransfer(TapLabTest):
 
     MEM = 128
-    _namespaces = 0
 
     # set-up: a namespace, a bridge, and everything undone afterwards
 
     def setUp(self):
         super().setUp()
-        if os.geteuid() != 0:
-            self.skipTest('needs root: a network namespace, TAPs, a bridge')
-        if not os.path.exists('/dev/net/tun'):
-            self.skipTest('no /dev/net/tun')
-        self.guest = os.environ.get('TAP_TRANSFER_GUEST')
-        if not self.guest:
-            self.skipTest('TAP_TRANSFER_GUEST is not set: no guest kernel '
-                          'and initrd (scripts/lab/guest/build-guest.sh)')
-        for f in ('vmlinuz', 'initrd.gz'):
-            if not os.path.isfile(os.path.join(self.guest, f)):
-                self.skipTest(f'no {f} in TAP_TRANSFER_GUEST={self.guest}')
-        for tool in ('ip', 'nsenter', 'ping'):
-            if subprocess.run(['which', tool],
-                              capture_output=True).returncode:
-                self.skipTest(f'no {tool} command')
+        self.require_lab('ip', 'nsenter', 'ping')
         self.require_accelerator('tcg')
         self.require_netdev('tap-transfer')
         self.set_machine('pc')
 
-        TapTransfer._namespaces += 1
-        self.ns = f'tt-func-{os.getpid()}-{self._namespaces}'
-        self.pings = []
         self.shm = None
-        self.own_fds = []
         self.hops = 0
-        # cleanups run after tearDown has shut the QEMUs down, last
-        # registered first: the pings, then the namespace
-        subprocess.run(['ip', 'netns', 'add', self.ns], check=True)
-        self.addCleanup(subprocess.run, ['ip', 'netns', 'del', self.ns],
-                        stderr=subprocess.DEVNULL)
-        self.addCleanup(self.kill_pings)
-        self.addCleanup(self.close_own_fds)
-        self.nsrun('ip', 'link', 'set', 'lo', 'up')
-        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1')
-        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=1')
-        self.nsrun('ip', 'link', 'add', 'br0', 'type', 'bridge')
-        self.nsrun('ip', 'addr', 'add', f'{HOST_ADDR}/24', 'dev', 'br0')
-        self.nsrun('ip', 'link', 'set', 'br0', 'up')
-        self.ifup = self.scratch_file('ifup')
-        with open(self.ifup, 'w') as f:
-            f.write('#!/bin/sh\nip link set "$1" master br0 up\n')
-        os.chmod(self.ifup, 0o755)
+        self.make_lab('tt-func', self.workdir)
         self.mig_uri = f'unix:{self.socket_dir().name}/mig.sock'
 
     def _new_vm(self, name, *args):
@@ -170,22 +61,6 @@ class TapTransfer(QemuSystemTest):
         vm.add_args(*args)
         return vm
 
-    def nsrun(self, *args):
-        return subprocess.run(['ip', 'netns', 'exec', self.ns, *args],
-                              check=True, capture_output=True,
-                              text=True).stdout
-
-    def kill_pings(self):
-        for p in self.pings:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.out.close()
-
-    def close_own_fds(self):
-        while self.own_fds:
-            os.close(self.own_fds.pop())
-
     def use_shared_ram(self):
         self.shm = f'/dev/shm/tap-transfer-func-{self.ns}'
         self.addCleanup(lambda: os.path.exists(self.shm) and
@@ -193,65 +68,11 @@ class TapTransfer(QemuSystemTest):
 
     # the network
 
-    def links(self):
-        return sorted(line.split(':')[1].strip().split('@')[0]
-                      for line in self.nsrun('ip', '-o', 'link',
-                                             'show').splitlines())
-
-    def ifindex(self, ifname='tt0'):
-        return int(self.nsrun('cat', f'/sys/class/net/{ifname}/ifindex'))
-
     def tap_queues(self, ifname='tt0'):
         """How many queues are attached to the TAP now."""
         return len([q for q in self.nsrun('ls',
                                           f'/sys/class/net/{ifname}/queues')
                     .split() if q.startswith('tx-')])
-
-    def wait_ping(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = subprocess.run(['ip', 'netns', 'exec', self.ns, 'ping',
-                                '-n', '-c', '1', '-W', '1', GUEST_ADDR],
-                               capture_output=True)
-            if r.returncode == 0:
-                return
-        self.fail(f'the guest ({GUEST_ADDR}) does not answer')
-
-    def start_ping(self, count, pps=PPS, source=None):
-        """A ping flood from the bridge, timestamped (-D) and reporting
-        each reply still outstanding when the next ping goes (-O)."""
-        out = open(self.scratch_file(f'ping{len(self.pings)}'), 'w+')
-        extra = ['-I', source] if source else []
-        p = subprocess.Popen(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
-                              '-O', '-D', '-i', str(1 / pps),
-                              '-c', str(count), '-W', '1', *extra,
-                              GUEST_ADDR],
-                             stdout=out, stderr=subprocess.STDOUT, text=True)
-        p.out = out
-        self.pings.append(p)
-        return p
-
-    def ping_result(self, p, timeout=120):
-        """What ping @p saw when it ends: sent, received, lost, the
-        unanswered sequence numbers, the longest gap between replies."""
-        p.wait(timeout)
-        p.out.seek(0)
-        text = p.out.read()
-        replies = [(float(m.group(1)), int(m.group(2))) for m in re.finditer(
-            r'^\[([\d.]+)\] .*icmp_seq=(\d+) .*time=', text, re.M)]
-        m = re.search(r'(\d+) packets transmitted, (\d+) received', text)
-        self.assertIsNotNone(m, f'no ping summary in: {text[-300:]}')
-        sent, received = int(m.group(1)), int(m.group(2))
-        answered = {seq for _, seq in replies}
-        missing = [seq for seq in range(1, sent + 1) if seq not in answered]
-        gaps = [b[0] - a[0] for a, b in zip(replies, replies[1:])]
-        return {'sent': sent, 'received': received, 'lost': len(missing),
-                'missing': missing,
-                'max_gap_ms': max(gaps) * 1000 if gaps else 0}
-
-    def note(self, text):
-        self.log.info(text)
-        print(f'# {text}', flush=True)
 
     # guests
 
@@ -379,7 +200,7 @@ class TapTransfer(QemuSystemTest):
         src = self.launch(queues, netdev=src_netdev, tap_fds=tap_fds)
         self.assertEqual(self.tap_queues(), queues,
                          'queues attached to the TAP')
-        ifindex, links = self.ifindex(), self.links()
+        ifindex, links = self.ifindex('tt0'), self.links()
         flows = [self.start_ping(int(PPS * 5))]
         if queues > 1:
             for source in EXTRA_SOURCES:
@@ -389,15 +210,10 @@ class TapTransfer(QemuSystemTest):
         dst, info = self.migrate(src, queues, dst_netdev)
         self.assert_same_tap(src, dst, queues)
         src.shutdown()
-        for i, p in enumerate(flows):
-            r = self.ping_result(p)
-            self.note(f"flow {i}: downtime {info.get('downtime')} ms, "
-                      f"{r['sent']} pings, lost {r['lost']} "
-                      f"{r['missing'][:10]}, longest reply gap "
-                      f"{r['max_gap_ms']:.1f} ms")
-            self.assertEqual(r['lost'], 0,
-                             f"flow {i}: pings lost: {r['missing'][:20]}")
-        self.assertEqual(self.ifindex(), ifindex, 'the TAP ifindex changed')
+        self.assert_flows_lossless(flows,
+                                   f"downtime {info.get('downtime')} ms, ")
+        self.assertEqual(self.ifindex('tt0'), ifindex,
+                         'the TAP ifindex changed')
         self.assertEqual(self.links(), links, 'links came or went')
         self.assertEqual(self.tap_queues(), queues,
                          'queues attached to the TAP after the handover')
@@ -419,7 +235,7 @@ class TapTransfer(QemuSystemTest):
         fds = open_tap_in_netns(self.ns, 'tt0', queues)
         self.own_fds.extend(fds)
         self.nsrun('ip', 'link', 'set', 'tt0', 'master', 'br0', 'up')
-        ifindex, links = self.ifindex(), self.links()
+        ifindex, links = self.ifindex('tt0'), self.links()
         self.assertEqual(self.tap_queues(), queues, 'queues of the new TAP')
         self.mig_uri = 'fd:mig'
         fdsets = ':'.join(f'/dev/fdset/{i + 1}' for i in range(queues))
@@ -429,7 +245,8 @@ class TapTransfer(QemuSystemTest):
         self.assertEqual(self.own_fds, [], 'the test kept TAP fds')
         self.assertEqual(tun_fds(os.getpid()), [],
                          'the test still has /dev/net/tun open')
-        self.assertEqual(self.ifindex(), ifindex, 'the TAP ifindex changed')
+        self.assertEqual(self.ifindex('tt0'), ifindex,
+                         'the TAP ifindex changed')
         self.assertEqual(self.links(), links, 'links came or went')
 
     def test_zero_loss(self):

@@ -28,123 +28,43 @@
 # This work is licensed under the terms of the GNU GPL, version 2 or
 # later.  See the COPYING file in the top-level directory.
 
-import ctypes
-import fcntl
 import json
 import os
 import re
 import shlex
 import signal
-import struct
 import subprocess
 import sys
 import time
 
 from qemu_test import QemuSystemTest
+from tap_transfer_lab import (GUEST_ADDR, GUEST_MAC, GUEST_READY, PPS,
+                              TapLabTest, alive, open_tap_in_netns,
+                              ping_replies)
 
 
-HOST_ADDR = '10.0.0.1'
-GUEST_ADDR = '10.0.0.2'
-GUEST_MAC = '52:54:00:12:34:56'
-GUEST_READY = 'tap-transfer guest ready'
-PPS = 500
 RECORDS = 2000
 
 
-def open_tap(netns, ifname, queues):
-    """Make multiqueue TAP @ifname in network namespace @netns (a path)
-    as management software does: /dev/net/tun opened once per queue,
-    TUNSETIFF, from this thread moved into @netns meanwhile.  The fds"""
-    libc = ctypes.CDLL(None, use_errno=True)
-    ifr = struct.pack('16sH22x', ifname.encode(),
-                      0x0002 | 0x1000 | 0x4000 | 0x0100)  # TAP NO_PI VNET MQ
-    home = os.open('/proc/thread-self/ns/net', os.O_RDONLY)
-    target = os.open(netns, os.O_RDONLY)
-    fds = []
-    try:
-        if libc.setns(target, 0x40000000):
-            raise OSError(ctypes.get_errno(), 'setns')
-        try:
-            for _ in range(queues):
-                fds.append(os.open('/dev/net/tun', os.O_RDWR))
-                fcntl.ioctl(fds[-1], 0x400454ca, ifr)          # TUNSETIFF
-        finally:
-            if libc.setns(home, 0x40000000):
-                raise OSError(ctypes.get_errno(), 'setns back')
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    finally:
-        os.close(home)
-        os.close(target)
-    return fds
-
-
-def pid_alive(pid):
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
-    except (OSError, IndexError):
-        return False
-
-
-class TapTransferOnboard(QemuSystemTest):
-
-    _namespaces = 0
+class TapTransferOnboard(TapLabTest):
 
     def setUp(self):
         super().setUp()
-        if os.geteuid() != 0:
-            self.skipTest('needs root: a network namespace, TAPs, a bridge')
-        if not os.path.exists('/dev/net/tun'):
-            self.skipTest('no /dev/net/tun')
-        self.guest = os.environ.get('TAP_TRANSFER_GUEST')
-        if not self.guest or not all(
-                os.path.isfile(os.path.join(self.guest, f))
-                for f in ('vmlinuz', 'initrd.gz')):
-            self.skipTest('TAP_TRANSFER_GUEST names no guest kernel and '
-                          'initrd (scripts/guest/build-guest.sh)')
+        self.require_lab('ip', 'nsenter', 'ping', 'bridge', 'tc')
         self.tool = os.environ.get('TAP_TRANSFER_UPGRADE')
         if not self.tool or not os.path.isfile(self.tool):
             self.skipTest('TAP_TRANSFER_UPGRADE names no '
                           'tools/tap-transfer-upgrade')
-        for tool in ('ip', 'nsenter', 'ping', 'bridge', 'tc'):
-            if subprocess.run(['which', tool],
-                              capture_output=True).returncode:
-                self.skipTest(f'no {tool} command')
         self.require_netdev('tap-transfer')
         self.qemu_img = os.environ.get('QEMU_TEST_QEMU_IMG')
         if not self.qemu_img or not os.path.isfile(self.qemu_img):
             self.skipTest('no qemu-img (QEMU_TEST_QEMU_IMG)')
 
-        TapTransferOnboard._namespaces += 1
-        self.ns = f'tt-onb-{os.getpid()}-{self._namespaces}'
-        self.pings = []
         self.pids = set()
-        subprocess.run(['ip', 'netns', 'add', self.ns], check=True)
-        self.addCleanup(subprocess.run, ['ip', 'netns', 'del', self.ns],
-                        stderr=subprocess.DEVNULL)
-        self.addCleanup(self.kill_qemus)
-        self.addCleanup(self.kill_pings)
-        self.nsrun('ip', 'link', 'set', 'lo', 'up')
-        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1')
-        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=1')
-        self.nsrun('ip', 'link', 'add', 'br0', 'type', 'bridge')
-        self.nsrun('ip', 'addr', 'add', f'{HOST_ADDR}/24', 'dev', 'br0')
-        # an uplink, as a host's bridge has: the bridge keeps its
-        # carrier while the VM's port is down for a rename
-        self.nsrun('ip', 'link', 'add', 'up0', 'type', 'veth', 'peer',
-                   'name', 'up1')
-        self.nsrun('ip', 'link', 'set', 'up0', 'master', 'br0', 'up')
-        self.nsrun('ip', 'link', 'set', 'up1', 'up')
-        self.nsrun('ip', 'link', 'set', 'br0', 'up')
         self.dir = self.workdir
-        self.ifup = os.path.join(self.dir, 'ifup')
-        with open(self.ifup, 'w') as f:
-            f.write('#!/bin/sh\nip link set "$1" master br0 mtu 1400 '
-                    'txqueuelen 700 up\n')
-        os.chmod(self.ifup, 0o755)
+        self.make_lab('tt-onb', self.dir, 'mtu 1400 txqueuelen 700 up',
+                      uplink=True)
+        self.addCleanup(self.kill_qemus)
         self.qmp = os.path.join(self.socket_dir().name, 'qmp.sock')
         self.pidfile = os.path.join(self.dir, 'qemu.pid')
         self.console = os.path.join(self.dir, 'console.log')
@@ -154,15 +74,6 @@ class TapTransferOnboard(QemuSystemTest):
                         os.unlink(self.shm))
 
     # helpers
-
-    def nsrun(self, *args, check=True):
-        return subprocess.run(['ip', 'netns', 'exec', self.ns, *args],
-                              check=check, capture_output=True,
-                              text=True).stdout
-
-    def note(self, text):
-        self.log.info(text)
-        print(f'# {text}', flush=True)
 
     def binary(self, var, what):
         b = os.environ.get(var, '')
@@ -174,18 +85,11 @@ class TapTransferOnboard(QemuSystemTest):
 
     def kill_qemus(self):
         for pid in list(self.pids) + [self.read_pid()]:
-            if pid and pid_alive(pid):
+            if pid and alive(pid):
                 os.kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + 10
-                while pid_alive(pid) and time.monotonic() < deadline:
+                while alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.05)
-
-    def kill_pings(self):
-        for p in self.pings:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.out.close()
 
     def read_pid(self):
         try:
@@ -193,11 +97,6 @@ class TapTransferOnboard(QemuSystemTest):
                 return int(f.read().strip() or 0)
         except (OSError, ValueError):
             return None
-
-    def links(self):
-        return sorted(line.split(':')[1].strip().split('@')[0]
-                      for line in self.nsrun('ip', '-o', 'link',
-                                             'show').splitlines())
 
     def link(self, ifname):
         out = self.nsrun('ip', '-j', 'link', 'show', 'dev', ifname,
@@ -220,7 +119,7 @@ class TapTransferOnboard(QemuSystemTest):
         if queues > 1:
             netdev += f',queues={queues}'
         if fds:
-            tap_fds = open_tap(f'/run/netns/{self.ns}', 'tap0', queues)
+            tap_fds = open_tap_in_netns(self.ns, 'tap0', queues)
             self.nsrun('ip', 'link', 'set', 'tap0', 'master', 'br0', 'mtu',
                        '1400', 'txqueuelen', '700', 'up')
             netdev = f"tap,id=n0,fds={':'.join(map(str, tap_fds))}"
@@ -272,26 +171,6 @@ class TapTransferOnboard(QemuSystemTest):
             time.sleep(0.1)
         self.fail(f'no "{text}" on the console')
 
-    def wait_ping(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = subprocess.run(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
-                                '-c', '1', '-W', '1', GUEST_ADDR],
-                               capture_output=True)
-            if r.returncode == 0:
-                return
-        self.fail(f'the guest ({GUEST_ADDR}) does not answer')
-
-    def start_ping(self, count):
-        out = open(os.path.join(self.dir, f'ping{len(self.pings)}'), 'w+')
-        p = subprocess.Popen(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
-                              '-D', '-i', str(1 / PPS), '-c', str(count),
-                              '-W', '1', GUEST_ADDR],
-                             stdout=out, stderr=subprocess.STDOUT, text=True)
-        p.out = out
-        self.pings.append(p)
-        return p
-
     def stop_ping(self, p):
         """Stop the flood; the unanswered pings that a later one was
         answered after (those in flight at the end do not count)."""
@@ -300,8 +179,7 @@ class TapTransferOnboard(QemuSystemTest):
         p.wait(30)
         p.out.seek(0)
         text = p.out.read()
-        replies = [(float(m.group(1)), int(m.group(2))) for m in re.finditer(
-            r'^\[([\d.]+)\] .*icmp_seq=(\d+) .*time=', text, re.M)]
+        replies = ping_replies(text)
         if not replies:
             self.dump_network()
         self.assertTrue(replies, 'the guest stopped answering (network '
@@ -381,7 +259,7 @@ class TapTransferOnboard(QemuSystemTest):
         self.assertEqual(f"{v['qemu']['major']}.{v['qemu']['minor']}",
                          version)
         self.assertEqual(self.read_pid(), report['new_pid'])
-        self.assertFalse(pid_alive(report['old_pid']), 'the source runs')
+        self.assertFalse(alive(report['old_pid']), 'the source runs')
         with open(self.console, errors='replace') as f:
             self.assertIn(GUEST_READY, f.read(),
                           'the console log lost its start')
@@ -392,7 +270,7 @@ class TapTransferOnboard(QemuSystemTest):
         pid = self.read_pid()
         self.query(('quit', {}))
         deadline = time.monotonic() + 30
-        while pid_alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         with open(self.console, errors='replace') as f:
             acked = {int(n) for n in re.findall(r'tt-record (\d+) acked',
@@ -540,7 +418,7 @@ class TapTransferOnboard(QemuSystemTest):
         self.note(f"failed onboarding: exit {rc}: {report.get('error')}")
         self.assertEqual(rc, 1)
         self.assertFalse(report['ok'])
-        self.assertTrue(pid_alive(pid), 'the stock QEMU is gone')
+        self.assertTrue(alive(pid), 'the stock QEMU is gone')
         self.assertEqual(self.read_pid(), pid)
         self.assertEqual(self.links(), links, 'links came or went')
         self.assertEqual(self.link('tap0')['ifindex'], old['ifindex'])
@@ -575,7 +453,7 @@ class TapTransferOnboard(QemuSystemTest):
             self.assertTrue(report.get('refused'))
             self.assertIn(want, report.get('error', ''))
             self.assertEqual(self.links(), links, 'links came or went')
-            self.assertTrue(pid_alive(pid))
+            self.assertTrue(alive(pid))
             self.assertEqual(self.read_pid(), pid)
 
 

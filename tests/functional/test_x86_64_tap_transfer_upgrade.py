@@ -20,15 +20,12 @@
 # This work is licensed under the terms of the GNU GPL, version 2 or
 # later.  See the COPYING file in the top-level directory.
 
-import ctypes
-import fcntl
 import glob
 import json
 import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -37,82 +34,12 @@ import time
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu_test import QemuSystemTest
+from tap_transfer_lab import (GUEST_READY, PPS, TapLabTest, alive,
+                              open_tap_in_netns, same_open_file, tun_fds)
 
 
-HOST_ADDR = '10.0.0.1'
-PPS = 500
-GUEST_READY = 'tap-transfer guest ready'
 ACK = re.compile(r'^tt-record (\d+) acked', re.M)
 RECORDS = 100000
-
-_libc = ctypes.CDLL(None, use_errno=True)
-SYS_KCMP = 312          # x86_64
-KCMP_FILE = 0
-CLONE_NEWNET = 0x40000000
-TUNSETIFF = 0x400454ca
-IFF_TAP = 0x0002
-IFF_MULTI_QUEUE = 0x0100
-IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000
-
-
-def _setns(fd):
-    if _libc.setns(fd, CLONE_NEWNET):
-        err = ctypes.get_errno()
-        raise OSError(err, f'setns: {os.strerror(err)}')
-
-
-def open_tap_in_netns(ns, ifname, queues):
-    """The multiqueue TAP @ifname, created in namespace @ns as
-    management software creates it: /dev/net/tun opened once per queue,
-    TUNSETIFF.  Returns the fds."""
-    flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE
-    ifr = struct.pack('16sH22x', ifname.encode(), flags)
-    home = os.open('/proc/thread-self/ns/net', os.O_RDONLY)
-    fds = []
-    try:
-        there = os.open(f'/run/netns/{ns}', os.O_RDONLY)
-        try:
-            _setns(there)
-        finally:
-            os.close(there)
-        try:
-            for _ in range(queues):
-                fds.append(os.open('/dev/net/tun', os.O_RDWR))
-                fcntl.ioctl(fds[-1], TUNSETIFF, ifr)
-        finally:
-            _setns(home)
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    finally:
-        os.close(home)
-    return fds
-
-
-def same_open_file(pid1, fd1, pid2, fd2):
-    return _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
-
-
-def tun_fds(pid):
-    fds = []
-    d = f'/proc/{pid}/fd'
-    for fd in os.listdir(d):
-        try:
-            if os.readlink(f'{d}/{fd}').endswith('/net/tun'):
-                fds.append(int(fd))
-        except OSError:
-            pass
-    return sorted(fds)
-
-
-def alive(pid):
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
-    except (OSError, IndexError):
-        return False
 
 
 def upgrade_processes(base, vms=()):
@@ -316,20 +243,11 @@ class Vm:
                 'tun_fds': tun_fds(self.pid)}
 
 
-class TapTransferUpgrade(QemuSystemTest):
-
-    _namespaces = 0
+class TapTransferUpgrade(TapLabTest):
 
     def setUp(self):
         super().setUp()
-        if os.geteuid() != 0:
-            self.skipTest('needs root: a network namespace, TAPs, a bridge')
-        if not os.path.exists('/dev/net/tun'):
-            self.skipTest('no /dev/net/tun')
-        self.guest = os.environ.get('TAP_TRANSFER_GUEST')
-        if not self.guest:
-            self.skipTest('TAP_TRANSFER_GUEST is not set: no guest kernel '
-                          'and initrd (scripts/lab/guest/build-guest.sh)')
+        self.require_lab('ip', 'nsenter', 'ping')
         self.tool = os.environ.get('TAP_TRANSFER_UPGRADE')
         if not self.tool or not os.access(self.tool, os.X_OK):
             self.skipTest('TAP_TRANSFER_UPGRADE does not name the '
@@ -342,9 +260,6 @@ class TapTransferUpgrade(QemuSystemTest):
                 break
         if not self.qemu_img:
             self.skipTest('no qemu-img (QEMU_TEST_QEMU_IMG, or on PATH)')
-        for tool in ('ip', 'nsenter', 'ping'):
-            if not shutil.which(tool):
-                self.skipTest(f'no {tool} command')
         self.require_accelerator('tcg')
         self.require_netdev('tap-transfer')
         self.old = self.qemu_bin
@@ -357,97 +272,13 @@ class TapTransferUpgrade(QemuSystemTest):
                     why = f.read().strip()
             self.skipTest(f'no QEMU to upgrade to: {why}')
 
-        TapTransferUpgrade._namespaces += 1
-        self.ns = f'tt-upg-{os.getpid()}-{self._namespaces}'
         # short: the command adds .tt-upgrade-XXXXXXXX to socket paths
         self.base = tempfile.mkdtemp(prefix='ttu-')
         self.addCleanup(shutil.rmtree, self.base, True)
-        self.pings = []
-        self.own_fds = []
-        subprocess.run(['ip', 'netns', 'add', self.ns], check=True)
-        self.addCleanup(subprocess.run, ['ip', 'netns', 'del', self.ns],
-                        stderr=subprocess.DEVNULL)
-        self.addCleanup(self.kill_pings)
-        self.addCleanup(self.close_own_fds)
-        self.nsrun('ip', 'link', 'set', 'lo', 'up')
-        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1')
-        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=1')
-        self.nsrun('ip', 'link', 'add', 'br0', 'type', 'bridge')
-        self.nsrun('ip', 'addr', 'add', f'{HOST_ADDR}/24', 'dev', 'br0')
-        self.nsrun('ip', 'link', 'set', 'br0', 'up')
-        self.ifup = os.path.join(self.base, 'ifup')
-        with open(self.ifup, 'w') as f:
-            f.write('#!/bin/sh\nip link set "$1" master br0 up\n')
-        os.chmod(self.ifup, 0o755)
+        self.make_lab('tt-upg', self.base)
         # the command's scratch directories go there (TMPDIR)
         self.tmp = os.path.join(self.base, 'tmp')
         os.mkdir(self.tmp)
-
-    # the lab
-
-    def nsrun(self, *args):
-        return subprocess.run(['ip', 'netns', 'exec', self.ns, *args],
-                              check=True, capture_output=True,
-                              text=True).stdout
-
-    def kill_pings(self):
-        for p in self.pings:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.out.close()
-
-    def close_own_fds(self):
-        while self.own_fds:
-            os.close(self.own_fds.pop())
-
-    def links(self):
-        return sorted(line.split(':')[1].strip().split('@')[0]
-                      for line in self.nsrun('ip', '-o', 'link',
-                                             'show').splitlines())
-
-    def ifindex(self, ifname):
-        return int(self.nsrun('cat', f'/sys/class/net/{ifname}/ifindex'))
-
-    def wait_ping(self, addr, timeout=90):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = subprocess.run(['ip', 'netns', 'exec', self.ns, 'ping',
-                                '-n', '-c', '1', '-W', '1', addr],
-                               capture_output=True, check=False)
-            if r.returncode == 0:
-                return
-        self.fail(f'the guest ({addr}) does not answer')
-
-    def start_ping(self, addr, count, pps=PPS, source=None):
-        out = open(os.path.join(self.base, f'ping{len(self.pings)}'), 'w+')
-        extra = ['-I', source] if source else []
-        p = subprocess.Popen(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
-                              '-O', '-D', '-i', str(1 / pps), '-c',
-                              str(count), '-W', '1', *extra, addr],
-                             stdout=out, stderr=subprocess.STDOUT, text=True)
-        p.out = out
-        self.pings.append(p)
-        return p
-
-    def ping_result(self, p, timeout=120):
-        p.wait(timeout)
-        p.out.seek(0)
-        text = p.out.read()
-        replies = [(float(m.group(1)), int(m.group(2))) for m in re.finditer(
-            r'^\[([\d.]+)\] .*icmp_seq=(\d+) .*time=', text, re.M)]
-        m = re.search(r'(\d+) packets transmitted, (\d+) received', text)
-        self.assertIsNotNone(m, f'no ping summary in: {text[-300:]}')
-        sent = int(m.group(1))
-        answered = {seq for _, seq in replies}
-        missing = [seq for seq in range(1, sent + 1) if seq not in answered]
-        gaps = [b[0] - a[0] for a, b in zip(replies, replies[1:])]
-        return {'sent': sent, 'lost': len(missing), 'missing': missing,
-                'max_gap_ms': max(gaps) * 1000 if gaps else 0}
-
-    def note(self, text):
-        self.log.info(text)
-        print(f'# {text}', flush=True)
 
     # the command
 
@@ -538,14 +369,14 @@ class TapTransferUpgrade(QemuSystemTest):
             self.own_fds.remove(fd)
             os.close(fd)
         vm.wait_console(GUEST_READY)
-        self.wait_ping(vm.addr)
+        self.wait_ping(vm.addr, timeout=90)
         vm.wait_acks(10)
         ifindex, links = self.ifindex('ttu1'), self.links()
         extra_flows = ('10.0.0.11', '10.0.0.12', '10.0.0.13')
-        flows = [self.start_ping(vm.addr, int(PPS * 9))]
+        flows = [self.start_ping(int(PPS * 9), addr=vm.addr)]
         for source in extra_flows:
             self.nsrun('ip', 'addr', 'add', f'{source}/24', 'dev', 'br0')
-            flows.append(self.start_ping(vm.addr, 450, 50, source))
+            flows.append(self.start_ping(450, 50, source, vm.addr))
         time.sleep(1.5)
         acked_before = len(vm.acked())
         up = self.upgrade(vm.qmp_path, self.new)
@@ -553,13 +384,7 @@ class TapTransferUpgrade(QemuSystemTest):
         time.sleep(1.5)
         down = self.upgrade(vm.qmp_path, self.old)
         self.check_upgraded(vm, down, self.old, ifindex, links, dups)
-        for i, p in enumerate(flows):
-            r = self.ping_result(p)
-            self.note(f"flow {i}: {r['sent']} pings, lost {r['lost']} "
-                      f"{r['missing'][:10]}, longest reply gap "
-                      f"{r['max_gap_ms']:.1f} ms")
-            self.assertEqual(r['lost'], 0,
-                             f"flow {i}: pings lost: {r['missing'][:20]}")
+        self.assert_flows_lossless(flows)
         # records go on after the rollback, into the same console log
         acked_after = len(vm.acked())
         vm.wait_acks(acked_after + 10)
@@ -604,8 +429,8 @@ class TapTransferUpgrade(QemuSystemTest):
                for i in range(3)]
         for vm in vms:
             vm.wait_console(GUEST_READY)
-            self.wait_ping(vm.addr)
-        pings = [self.start_ping(vm.addr, 1000, 100) for vm in vms]
+            self.wait_ping(vm.addr, timeout=90)
+        pings = [self.start_ping(1000, 100, addr=vm.addr) for vm in vms]
         time.sleep(1)
         report = self.upgrade(os.path.join(self.base, 'fleet*', 'qmp.sock'),
                               self.new, '--parallel', '2')
@@ -679,7 +504,7 @@ class TapTransferUpgrade(QemuSystemTest):
         self.assertEqual(upgrade_workdirs(self.tmp), set(),
                          'the command left its work directory')
         if addr:
-            r = self.ping_result(self.start_ping(addr, 100, 100))
+            r = self.ping_result(self.start_ping(100, 100, addr=addr))
             self.assertEqual(r['lost'], 0,
                              'the guest does not answer through the source')
 
@@ -718,7 +543,7 @@ class TapTransferUpgrade(QemuSystemTest):
         nothing left over."""
         vm = Vm(self, 'vm1', self.old, 1, shared_ram=False)
         vm.wait_console(GUEST_READY)
-        self.wait_ping(vm.addr)
+        self.wait_ping(vm.addr, timeout=90)
         before = vm.snapshot()
 
         # a target binary that fails to start
