@@ -55,4 +55,6 @@ fi
 python=$qemu_build/pyvenv/bin/python3
 [ -x "$python" ] || python=/usr/bin/python3
 cd "$qemu_build"
-exec "$python" "$src/tests/functional/$test"
+# a timeout's TERM must not leave the VMs behind, daemonized or not
+exec "$top/scripts/pipeline/run-reaped.sh" "$python" \
+    "$src/tests/functional/$test"

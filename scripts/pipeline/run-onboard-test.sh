@@ -79,4 +79,6 @@ export PYTHONPATH=$src/python:$src/tests/functional
 python=$build/pyvenv/bin/python3
 [ -x "$python" ] || python=/usr/bin/python3
 cd "$build"
-exec "$python" "$top/tests/functional/test_x86_64_tap_transfer_onboard.py"
+# a timeout's TERM must not leave the daemonized VMs behind
+exec "$here/run-reaped.sh" "$python" \
+    "$top/tests/functional/test_x86_64_tap_transfer_onboard.py"
