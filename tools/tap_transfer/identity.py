@@ -129,6 +129,40 @@ def cgroup_dirs(cgroups):
     return dirs
 
 
+# /proc/PID/limits names -> resource's
+LIMIT_NAMES = {'Max cpu time': 'RLIMIT_CPU', 'Max file size': 'RLIMIT_FSIZE',
+               'Max data size': 'RLIMIT_DATA',
+               'Max stack size': 'RLIMIT_STACK',
+               'Max core file size': 'RLIMIT_CORE',
+               'Max resident set': 'RLIMIT_RSS',
+               'Max processes': 'RLIMIT_NPROC',
+               'Max open files': 'RLIMIT_NOFILE',
+               'Max locked memory': 'RLIMIT_MEMLOCK',
+               'Max address space': 'RLIMIT_AS',
+               'Max file locks': 'RLIMIT_LOCKS',
+               'Max pending signals': 'RLIMIT_SIGPENDING',
+               'Max msgqueue size': 'RLIMIT_MSGQUEUE',
+               'Max nice priority': 'RLIMIT_NICE',
+               'Max realtime priority': 'RLIMIT_RTPRIO',
+               'Max realtime timeout': 'RLIMIT_RTTIME'}
+
+
+def read_limits(pid):
+    """{RLIMIT_*: (soft, hard)} of @pid, from /proc/PID/limits (prlimit(2)
+    on another user's process needs CAP_SYS_RESOURCE)"""
+    out = {}
+    with open(f'/proc/{pid}/limits') as f:
+        for line in f.readlines()[1:]:
+            name = line[:26].strip()
+            fields = line[26:].split()
+            if name not in LIMIT_NAMES or LIMIT_NAMES[name] not in RLIMITS:
+                continue
+            soft, hard = (resource.RLIM_INFINITY if v == 'unlimited'
+                          else int(v) for v in fields[:2])
+            out[LIMIT_NAMES[name]] = (soft, hard)
+    return out
+
+
 def lsm_label(pid):
     try:
         with open(f'/proc/{pid}/attr/current') as f:
@@ -185,7 +219,7 @@ class Identity:
             namespaces={k: namespace(pid, k) for k in
                         CARRIED_NAMESPACES + FOREIGN_NAMESPACES
                         if os.path.exists(f'/proc/{pid}/ns/{k}')},
-            rlimits={n: resource.prlimit(pid, r) for n, r in RLIMITS.items()},
+            rlimits=read_limits(pid),
             affinity=os.sched_getaffinity(pid),
             oom_score_adj=oom,
             nice=os.getpriority(os.PRIO_PROCESS, pid),
