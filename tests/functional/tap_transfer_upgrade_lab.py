@@ -367,10 +367,13 @@ class UpgradeLabTest(TapLabTest):
         stopped = threading.Event()
 
         def read_stderr():
-            for line in proc.stderr:
-                proc.lines.append(line)
-                if f'stopped at phase {phase}' in line:
-                    stopped.set()
+            try:
+                for line in proc.stderr:
+                    proc.lines.append(line)
+                    if f'stopped at phase {phase}' in line:
+                        stopped.set()
+            except ValueError:      # closed by communicate()
+                pass
         proc.reader = threading.Thread(target=read_stderr, daemon=True)
         proc.reader.start()
         if not stopped.wait(120):
