@@ -461,4 +461,6 @@ class UpgradeLabTest(TapLabTest):
         self.assertEqual(left, [], f'QEMUs left over: {describe(left)}')
         journals = os.listdir(self.state) if os.path.isdir(self.state) \
             else []
-        self.assertEqual(journals, [], 'a journal or lock was left')
+        # targets.json: what the command knows of the QEMU binaries
+        self.assertEqual([j for j in journals if j != 'targets.json'], [],
+                         'a journal or lock was left')

@@ -311,7 +311,8 @@ class FakeSystem:
                       fdsets={}, exe_stat=os.stat('/bin/sh'))
 
     def probe(self, path):
-        return Target(path, (10, 2, 2), MACHINES, (0, 0))
+        target = Target(path, (10, 2, 2), MACHINES, (0, 0))
+        return type('Probe', (), {'result': lambda self: target})()
 
     def exists(self, path):
         return path in self.w.paths
@@ -394,17 +395,21 @@ class FakeSystem:
         del proc
         return FakeLaunch()
 
-    def rename(self, launch, temp, real):
+    def rename(self, launch, pairs):
         del launch
-        if real in self.w.rename_fails:
-            return 'Permission denied'
-        if temp in self.w.paths:
-            self.w.paths[real] = self.w.paths.pop(temp)
-        return None
+        errors = {}
+        for temp, real in pairs:
+            if real in self.w.rename_fails:
+                errors[temp] = 'Permission denied'
+            elif temp in self.w.paths:
+                self.w.paths[real] = self.w.paths.pop(temp)
+        return errors
 
-    def unlink(self, launch, path):
+    def unlink(self, launch, paths):
         del launch
-        self.w.paths.pop(path, None)
+        for path in paths:
+            self.w.paths.pop(path, None)
+        return {}
 
 
 class HookedUpgrade(Upgrade):

@@ -184,7 +184,8 @@ class Upgrade:
         return round(((t1 or time.monotonic()) - t0) * 1000, 1)
 
     def phase_durations(self):
-        names = [n for n in PHASES if n in self.times] + ['end']
+        names = [n for n in ('prepare',) + PHASES if n in self.times]
+        names += ['end']
         self.times['end'] = time.monotonic()
         return {n: self.ms(self.times[n], self.times[m])
                 for n, m in zip(names, names[1:])}
@@ -270,7 +271,8 @@ class Upgrade:
             source = sysm.read_source(self.src)
         except (CommandError, MonitorGone) as e:
             raise Refused(f'reading the VM: {e}') from e
-        self.plan = Plan.make(source, probe, self.options, self.qmp_path)
+        self.plan = Plan.make(source, probe.result(), self.options,
+                              self.qmp_path)
         p = self.plan
         if p.onboarding:
             p.onboarding.log = self.log
@@ -424,12 +426,20 @@ class Upgrade:
 
     def connect_destination(self):
         p = self.plan
-        try:
-            self.dst = self.system.connect(p.qmp_temp,
-                                           self.settings.start_timeout)
-        except MonitorGone as e:
-            self.check_destination()
-            raise Failed(f'the destination does not answer: {e}') from e
+        deadline = time.monotonic() + self.settings.start_timeout
+        while True:
+            # the socket file exists from bind(), before listen()
+            try:
+                self.dst = self.system.connect(p.qmp_temp,
+                                               self.settings.start_timeout)
+                break
+            except MonitorGone as e:
+                self.check_destination()
+                if time.monotonic() > deadline:
+                    raise Failed(f'the destination does not answer: {e}') \
+                        from e
+                self.check_signals()
+                time.sleep(0.002)
         if self.dst.pid != self.dest.pid:
             raise Failed(f'{p.qmp_temp} answers from pid {self.dst.pid}, '
                          f'not the destination {self.dest.pid}')
@@ -439,14 +449,11 @@ class Upgrade:
         """The live state of both: anything the VM got at run time that
         its command line does not give the destination refuses"""
         try:
-            src = LiveState.read(self.src)
+            src = self.plan.source.live
             dst = LiveState.read(self.dst)
         except (CommandError, MonitorGone) as e:
             raise Failed(f'reading the live state: {e}') from e
-        for s in (src, dst):
-            s.chardevs = {k: ANY_TEMP.sub('', v)
-                          for k, v in s.chardevs.items()}
-        diffs = src.differences(dst)
+        diffs = src.differences(dst, lambda name: ANY_TEMP.sub('', name))
         if diffs:
             more = f' (and {len(diffs) - 1} more)' if len(diffs) > 1 else ''
             raise Refused(f'the VM differs from its command line: '
@@ -622,9 +629,11 @@ class Upgrade:
         for nd in p.netdevs:
             path = f'/netdevs/{nd}'
             nds[nd] = {k: self.dst.cmd('qom-get', path=path, property=k)
-                       for k in ('state', 'queues', 'ifname', 'frames-held')}
-            nds[nd]['source_state'] = self.src.cmd('qom-get', path=path,
-                                                   property='state')
+                       for k in ('state', 'frames-held')}
+            nds[nd].update(ifname=self.before['ifname'][nd],
+                           queues=self.before['queues'][nd],
+                           source_state=self.src.cmd(
+                               'qom-get', path=path, property='state'))
         if nds:
             self.report['netdevs'] = nds
         same = self.report.get('same_tap_kcmp')
@@ -771,16 +780,19 @@ class Upgrade:
     def put_back(self):
         """Each temporary name to its real one, as the VM's user; a
         failed rename does not stop the others"""
+        moves = self.plan.moves
+        self.system.unlink(self.files, [t for k, _, t in moves if k == 'cpr'])
+        errors = self.system.rename(self.files, [(t, r) for k, r, t in moves
+                                                 if k != 'cpr'])
         left = []
-        for kind, real, temp in self.plan.moves:
+        for kind, real, temp in moves:
             if kind == 'cpr':
-                self.system.unlink(self.files, temp)
                 continue
-            err = self.system.rename(self.files, temp, real)
-            if err:
+            if temp in errors:
                 left.append({'kind': kind, 'path': real, 'temporary': temp,
-                             'error': err})
-                self.log(f'{kind} {temp} not renamed to {real}: {err}')
+                             'error': errors[temp]})
+                self.log(f'{kind} {temp} not renamed to {real}: '
+                         f'{errors[temp]}')
             else:
                 self.log(f'{kind} {real} is the new QEMU\'s')
         if left:
@@ -884,8 +896,7 @@ class Upgrade:
     def remove_temporaries(self):
         if not self.plan or not self.files:
             return
-        for _, _, temp in self.plan.moves:
-            self.system.unlink(self.files, temp)
+        self.system.unlink(self.files, [t for _, _, t in self.plan.moves])
 
     def close(self):
         for mon in (self.src, self.dst):

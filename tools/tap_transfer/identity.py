@@ -17,6 +17,7 @@ capability the source does not have; its environment is the source's.
 """
 
 import ctypes
+import json
 import os
 import resource
 import struct
@@ -461,19 +462,23 @@ def spawn(argv, launch, env, stdin, stdout, stderr, pass_fds=(),
 
 def run_as(launch, fn, *args):
     """Run fn(*args) in a child process that has @launch's identity
-    (not its cgroups or limits: it does one file step and exits).
-    Returns None, or the error as one line."""
+    (not its cgroups or limits: it does file steps and exits).  Returns
+    (what fn returned, as JSON carries it; None), or (None, the error as
+    one line)."""
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         try:
             os.close(rfd)
             launch.become(cgroups=False)
-            fn(*args)
+            os.write(wfd, json.dumps({'result': fn(*args)}).encode())
             os._exit(0)
         except BaseException as e:   # pylint: disable=broad-except
             _child_report(wfd, e)
     os.close(wfd)
-    err = _read_report(rfd)
+    out = _read_report(rfd)
     os.waitpid(pid, 0)
-    return err or None
+    try:
+        return json.loads(out)['result'], None
+    except (ValueError, KeyError, TypeError):
+        return None, out or "the child said nothing"

@@ -120,8 +120,9 @@ class LiveState:
 
     def differences(self, dest, real_name=lambda s: s):
         """How @dest (the destination, paused) differs from this state
-        (the source's): [one line each].  @real_name maps the
-        destination's temporary names to the real ones."""
+        (the source's): [one line each].  @real_name maps temporary
+        names (this run's, or an earlier upgrade's that the source still
+        lists) to the real ones."""
         out = []
         out += _dict_diff('device', self.devices, dest.devices)
         if self.anon != dest.anon:
@@ -129,8 +130,9 @@ class LiveState:
                        f'the VM, {", ".join(dest.anon) or "none"} on the '
                        'new QEMU')
         out += _dict_diff('netdev', self.netdevs, dest.netdevs)
+        src_chr = {k: real_name(v) for k, v in self.chardevs.items()}
         dest_chr = {k: real_name(v) for k, v in dest.chardevs.items()}
-        out += _dict_diff('chardev', self.chardevs, dest_chr)
+        out += _dict_diff('chardev', src_chr, dest_chr)
         for key, src in self.block.items():
             if key not in dest.block:
                 out.append(f'block device {key}: not on the new QEMU')

@@ -60,22 +60,45 @@ class Target:
 
     @classmethod
     def probe(cls, path):
-        """Its version and machine types (two short runs side by side);
-        refuses a binary a VM's user could have planted."""
+        """Its version and machine types; refuses a binary a VM's user
+        could have planted"""
+        return cls.start_probe(path).result()
+
+    @classmethod
+    def start_probe(cls, path):
+        """probe(), as two short runs of the binary that go on while the
+        caller does something else: .result() waits for them"""
+        return TargetProbe(path).start()
+
+
+class TargetProbe:
+    """Target.start_probe()'s runs of the binary"""
+
+    def __init__(self, path):
+        self.path = path
+        self.procs = []
+        self.error = None
+        self.stat = None
+
+    def start(self):
         try:
-            st = os.stat(path)
+            self.stat = os.stat(self.path)
+            check_binary(self.path, self.stat, '--to')
+            self.procs = [subprocess.Popen(
+                [self.path, *a], stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                text=True) for a in (['--version'], ['-machine', 'help'])]
         except OSError as e:
-            raise Refused(f'--to {path}: {e.strerror}') from e
-        check_binary(path, st, '--to')
-        try:
-            procs = [subprocess.Popen([path, *a], stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL,
-                                      stdin=subprocess.DEVNULL, text=True)
-                     for a in (['--version'], ['-machine', 'help'])]
-        except OSError as e:
-            raise Refused(f'--to {path}: {e.strerror}') from e
+            self.error = Refused(f'--to {self.path}: {e.strerror}')
+        except Refused as e:
+            self.error = e
+        return self
+
+    def result(self):
+        if self.error:
+            raise self.error
         outs = []
-        for p in procs:
+        for p in self.procs:
             try:
                 outs.append(p.communicate(timeout=30)[0])
             except subprocess.TimeoutExpired:
@@ -83,12 +106,12 @@ class Target:
                 outs.append(p.communicate()[0])
         m = re.search(r'version (\d+)\.(\d+)\.(\d+)', outs[0])
         if not m:
-            raise Refused(f'--to {path}: not a QEMU binary (--version said '
-                          f'{outs[0].strip()[:80]!r})')
+            raise Refused(f'--to {self.path}: not a QEMU binary (--version '
+                          f'said {outs[0].strip()[:80]!r})')
         machines = {line.split()[0] for line in outs[1].splitlines()[1:]
                     if line.split()}
-        return cls(path, tuple(int(x) for x in m.groups()), machines,
-                   (st.st_dev, st.st_ino))
+        return Target(self.path, tuple(int(x) for x in m.groups()), machines,
+                      (self.stat.st_dev, self.stat.st_ino))
 
 
 def check_binary(path, st, what):

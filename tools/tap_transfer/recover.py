@@ -139,14 +139,15 @@ class Recovery:
 
     def remove_temporaries(self, proc):
         launch = self.file_launch(proc)
+        if not launch:
+            return
         try:
-            for _, _, temp in self.j['moves'] or []:
-                err = self.system.unlink(launch, temp) if launch else None
-                if err:
-                    self.log(f'{temp}: {err}')
+            errors = self.system.unlink(launch, [t for _, _, t in
+                                                 self.j['moves'] or []])
+            for temp, err in errors.items():
+                self.log(f'{temp}: {err}')
         finally:
-            if launch:
-                launch.close()
+            launch.close()
 
     def file_launch(self, proc):
         """File steps as the VM's user: from the running QEMU of the VM
@@ -191,17 +192,15 @@ class Recovery:
         if sysm.running(self.src):
             self.quit_source()
         launch = self.file_launch(self.dst)
-        left = []
+        moves = [m for m in j['moves'] if sysm.exists(m[2])]
         try:
-            for kind, real, temp in j['moves']:
-                if not sysm.exists(temp):
-                    continue
-                err = sysm.unlink(launch, temp) if kind == 'cpr' else \
-                    sysm.rename(launch, temp, real)
-                if err:
-                    left.append(f'{temp}: {err}')
+            errors = sysm.unlink(launch, [t for k, _, t in moves
+                                          if k == 'cpr'])
+            errors.update(sysm.rename(launch, [(t, r) for k, r, t in moves
+                                               if k != 'cpr']))
         finally:
             launch.close()
+        left = [f'{t}: {e}' for t, e in errors.items()]
         self.report['status'] = 'finished'
         self.report['message'] = (f'finished: the VM runs on the new QEMU '
                                   f'(pid {self.dst.pid})'

@@ -5,16 +5,17 @@ be driven against a fake one (tests/unit)."""
 
 import ctypes
 import fcntl
+import json
 import os
 import select
 import signal
 import socket
 import stat
 import struct
-import time
 
+from . import journal
 from .identity import Identity, Launch, SpawnError, run_as, spawn
-from .plan import Target
+from .plan import Target, check_binary
 from .procfs import ProcessGone, ProcessId, alive, fd_ifname, \
     kcmp_supported, read_cmdline, same_file, tun_fds
 from .qmp import Monitor
@@ -114,7 +115,10 @@ class LocalSystem:
         return Source.read(mon)
 
     def probe(self, path):
-        return Target.probe(path)
+        """The target binary's probe, started: .result() is the Target.
+        A binary probed before (the same file: inode, size, times) is
+        not run again: its answers are kept in the state directory."""
+        return CachedProbe(path, journal.state_dir()).start()
 
     def exists(self, path):
         return os.path.exists(path)
@@ -153,12 +157,18 @@ class LocalSystem:
             os.close(fd)
 
     def wait_gone(self, proc, timeout):
-        deadline = time.monotonic() + timeout
-        while proc.running():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.002)
-        return True
+        """Until @proc has exited (its pidfd becomes readable then)"""
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except OSError:
+            return True
+        try:
+            if not proc.running():
+                return True
+            select.select([fd], [], [], timeout)
+            return not proc.running()
+        finally:
+            os.close(fd)
 
     def leftovers(self, token, keep=()):
         """QEMUs started for run @token and left behind: their command
@@ -292,18 +302,89 @@ class LocalSystem:
         return Launch(Identity.read(proc.pid), as_launched=False,
                       carry_root=True).open()
 
-    def rename(self, launch, temp, real):
-        return run_as(launch, os.rename, temp, real)
+    def rename(self, launch, pairs):
+        """Rename each (temporary, real) of @pairs, as @launch says, in
+        one child; {temporary: error} of those that failed"""
+        if not pairs:
+            return {}
+        done, err = run_as(launch, _rename_all, pairs)
+        return done if err is None else {t: err for t, _ in pairs}
 
-    def unlink(self, launch, path):
-        return run_as(launch, _unlink_quiet, path)
+    def unlink(self, launch, paths):
+        """Remove @paths (gone already is fine), as @launch says, in one
+        child; {path: error} of those that failed"""
+        if not paths:
+            return {}
+        done, err = run_as(launch, _unlink_all, paths)
+        return done if err is None else {p: err for p in paths}
 
 
-def _unlink_quiet(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+class CachedProbe:
+    """Target.start_probe(), unless the same file was probed before"""
+
+    def __init__(self, path, directory):
+        self.path = path
+        self.cache = os.path.join(directory, 'targets.json')
+        self.key = None
+        self.known = None
+        self.probe = None
+
+    def start(self):
+        try:
+            st = os.stat(self.path)
+            self.key = (f'{self.path}:{st.st_dev}:{st.st_ino}:{st.st_size}:'
+                        f'{st.st_mtime_ns}:{st.st_ctime_ns}')
+            with open(self.cache) as f:
+                self.known = json.load(f).get(self.key)
+        except (OSError, ValueError):
+            pass
+        if self.known:
+            self.known = Target(self.path, tuple(self.known['version']),
+                                set(self.known['machines']),
+                                (st.st_dev, st.st_ino))
+            check_binary(self.path, st, '--to')
+        else:
+            self.probe = Target.start_probe(self.path)
+        return self
+
+    def result(self):
+        if self.known:
+            return self.known
+        target = self.probe.result()
+        try:
+            with open(self.cache) as f:
+                known = json.load(f)
+        except (OSError, ValueError):
+            known = {}
+        known[self.key] = {'version': target.version,
+                           'machines': sorted(target.machines)}
+        tmp = f'{self.cache}.{os.getpid()}'
+        with open(tmp, 'w') as f:
+            json.dump(known, f)
+        os.rename(tmp, self.cache)
+        return target
+
+
+def _rename_all(pairs):
+    errors = {}
+    for temp, real in pairs:
+        try:
+            os.rename(temp, real)
+        except OSError as e:
+            errors[temp] = e.strerror
+    return errors
+
+
+def _unlink_all(paths):
+    errors = {}
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            errors[path] = e.strerror
+    return errors
 
 
 def _is_devnull(fd):
