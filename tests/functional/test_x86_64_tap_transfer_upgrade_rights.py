@@ -223,6 +223,34 @@ class TapTransferUpgradeRights(UpgradeLabTest):
         vm.wait_acks(acked + 5)
         self.assert_records(vm, image=overlay)
 
+    def test_logs_appended(self):
+        """-D: QEMU truncates the log it opens; the new QEMU writes on the
+        source's open log instead, after what was there"""
+        log = os.path.join(self.base, 'dlog', 'qemu.log')
+        vm = Vm(self, 'dlog', self.old, 6, boot=False,
+                extra=['-D', log, '-trace', 'enable=vm_state_notify'])
+        # what the source logged since it started (written through its
+        # own file offset: an extra line from here would be overwritten)
+        with open(log) as f:
+            before = f.read()
+        self.assertIn('vm_state_notify running 1', before)
+        r = self.upgrade(vm.qmp_path, self.new)
+        deadline = time.monotonic() + 10
+        while True:
+            with open(log) as f:
+                after = f.read()
+            tail = after[len(before):]
+            if 'running 1' in tail or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertTrue(after.startswith(before), 'the log was truncated')
+        # the source logged its stop, the new QEMU its start, after them
+        self.assertIn('vm_state_notify running 0', tail)
+        self.assertIn('vm_state_notify running 1', tail)
+        self.assertEqual(vm.read_pid(), r['new_pid'])
+        self.note(f'-D log: {len(before)} bytes kept, '
+                  f'{len(tail)} appended by the two QEMUs')
+
     def test_forged_argv(self):
         """A QEMU whose argv names other files after it started cannot
         make the command create or rename anything outside its

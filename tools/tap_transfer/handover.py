@@ -32,6 +32,7 @@ from . import journal
 from .errors import Busy, Failed, Interrupted, Lost, Refused, Unknown
 from .identity import IdentityError, SpawnError
 from .livestate import LiveState
+from .migsettings import MigrationSettings
 from .plan import TEMP_SUFFIX, Plan, vstr
 from .qmp import CommandError, MonitorGone
 
@@ -131,6 +132,7 @@ class Upgrade:
         self.committed = False
         self.migrating = False
         self.params_set = False
+        self.saved = None
         self.before = None
         self.channel = None
         self.completed_at = None
@@ -303,13 +305,14 @@ class Upgrade:
 
     def execute(self):
         p, src = self.plan, self.plan.source
+        self.saved = MigrationSettings.of(src.caps, src.params)
         self.journal = journal.Journal.create(
             journal.state_dir(), self.src_proc.key(), phase='planned',
             qmp=self.qmp_path, qmp_real=os.path.realpath(self.qmp_path),
             source=self.src_proc.as_dict(), source_status=src.status,
             destination=None, token=p.token, mode=p.mode,
             moves=[list(m) for m in p.moves], migrating=False,
-            restore=self.restore_values(), onboard=None,
+            restore=self.saved.as_dict(), onboard=None,
             user={'uids': src.identity.uids, 'gids': src.identity.gids,
                   'groups': src.identity.groups})
         ok = False
@@ -340,17 +343,6 @@ class Upgrade:
         finally:
             if not ok and not self.committed:
                 self.roll_back()
-
-    def restore_values(self):
-        """The source's migration settings this run may change"""
-        src = self.plan.source
-        caps = {k: bool(src.caps.get(k)) for k in
-                ('x-ignore-shared', 'events', 'pause-before-switchover')
-                if k in src.caps}
-        params = {k: src.params[k] for k in
-                  ('backend-transfer', 'max-bandwidth', 'mode')
-                  if k in src.params}
-        return {'caps': caps, 'params': params}
 
     def tap_snapshot(self):
         """The source's TAP fds and each netdev's ifindex, before"""
@@ -464,29 +456,12 @@ class Upgrade:
 
     def set_parameters(self):
         p = self.plan
-        shared = p.mode == 'shared'
         self.params_set = True
-        caps = [{'capability': 'x-ignore-shared', 'state': shared}]
-        if p.onboarding:
-            caps += [{'capability': 'pause-before-switchover',
-                      'state': True},
-                     {'capability': 'events', 'state': True}]
-        self.src.cmd('migrate-set-capabilities', capabilities=caps)
-        params = {}
-        if not p.onboarding:
-            params['backend-transfer'] = True
-        if p.mode == 'cpr-transfer':
-            params['mode'] = 'cpr-transfer'
-        if self.options.max_bandwidth:
-            params['max-bandwidth'] = int(self.options.max_bandwidth * 2**20)
-        if params:
-            self.src.cmd('migrate-set-parameters', **params)
+        MigrationSettings.apply_source(self.src, p.mode, p.onboarding,
+                                       self.options.max_bandwidth)
         if self.dst:
-            self.dst.cmd('migrate-set-capabilities', capabilities=[
-                {'capability': 'x-ignore-shared', 'state': shared},
-                {'capability': 'events', 'state': True}])
-            self.dst.cmd('migrate-set-parameters',
-                         **{'backend-transfer': not p.onboarding})
+            MigrationSettings.apply_destination(self.dst, p.mode,
+                                                p.onboarding)
 
     def migrate(self):
         p = self.plan
@@ -738,18 +713,9 @@ class Upgrade:
     def restore_destination(self):
         """The destination's migration settings as the source's were,
         for whatever migrates it next"""
-        r = self.journal['restore']
-        caps = [{'capability': k, 'state': v}
-                for k, v in r['caps'].items()
-                if k != 'pause-before-switchover']
-        try:
-            if caps:
-                self.dst.cmd('migrate-set-capabilities', capabilities=caps)
-            params = {k: v for k, v in r['params'].items() if k != 'mode'}
-            if params:
-                self.dst.cmd('migrate-set-parameters', **params)
-        except (CommandError, MonitorGone) as e:
-            self.log(f'the destination\'s migration settings: {e}')
+        err = self.saved.copy_to(self.dst)
+        if err:
+            self.log(f'the destination\'s migration settings: {err}')
 
     def quit_source(self):
         p = self.plan
@@ -879,14 +845,7 @@ class Upgrade:
                         time.monotonic() < deadline:
                     time.sleep(0.01)
         if self.params_set:
-            r = self.journal['restore'] if self.journal else \
-                self.restore_values()
-            caps = [{'capability': k, 'state': v}
-                    for k, v in r['caps'].items()]
-            if caps:
-                src.cmd('migrate-set-capabilities', capabilities=caps)
-            if r['params']:
-                src.cmd('migrate-set-parameters', **r['params'])
+            self.saved.restore(src)
         if self.migrating and self.plan.source.status == 'running':
             status = src.cmd('query-status')['status']
             if status != 'running':

@@ -22,6 +22,7 @@ from . import journal
 from .errors import Busy, Lost, Refused
 from .handover import ACTIVE, NO_RETURN, PHASES, Log
 from .procfs import ProcessId
+from .migsettings import MigrationSettings
 from .qmp import CommandError, MonitorGone
 
 
@@ -125,12 +126,7 @@ class Recovery:
                 while mon.cmd('query-migrate').get('status') in ACTIVE and \
                         time.monotonic() < deadline:
                     time.sleep(0.01)
-        r = j['restore']
-        caps = [{'capability': k, 'state': v} for k, v in r['caps'].items()]
-        if caps:
-            mon.cmd('migrate-set-capabilities', capabilities=caps)
-        if r['params']:
-            mon.cmd('migrate-set-parameters', **r['params'])
+        MigrationSettings.from_dict(j['restore']).restore(mon)
         status = mon.cmd('query-status')['status']
         if j['migrating'] and j['source_status'] == 'running' and \
                 status != 'running':
