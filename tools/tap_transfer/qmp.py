@@ -77,7 +77,7 @@ class Monitor:
         try:
             return self.qmp.cmd(name, **args)
         except ExecuteError as e:
-            raise CommandError(name, e.error.desc) from e
+            raise CommandError(name, str(e)) from e
         except (QMPError, OSError, asyncio.TimeoutError, EOFError) as e:
             raise MonitorGone(f'{self.path}: {name}: '
                               f'{e or type(e).__name__}') from e
