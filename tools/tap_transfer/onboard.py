@@ -586,8 +586,12 @@ def not_carried(pid, ifname, attrs):
     fdb = json.loads(_in_netns(pid, 'bridge', '-j', 'fdb', 'show', 'brport',
                                ifname, check=False) or '[]')
     own = (attrs.address or '').lower()
-    static = sorted({e['mac'] for e in fdb if e.get('mac', '').lower() != own
-                     and e.get('state') in ('static', 'permanent')})
+    # the bridge's entries (master), not the device's own (self), and
+    # not the one the bridge keeps for the port's own address
+    static = sorted({e['mac'] for e in fdb if e.get('master') and
+                     'self' not in e.get('flags', []) and
+                     e.get('mac', '').lower() != own and
+                     e.get('state') in ('static', 'permanent')})
     if static:
         out.append(f'static FDB entries {", ".join(static)}')
     for where in ('ingress', 'egress'):
