@@ -211,13 +211,14 @@ class TapTransferOnboard(TapLabTest):
         with open(self.console, errors='replace') as f:
             self.log.info('console (end):\n%s', f.read()[-2000:])
 
-    def upgrade(self, to, *extra, ok=True):
+    def upgrade(self, to, *extra, ok=True, env=None):
         """Run the command on the VM; its JSON report (and exit status
-        when a failure is expected)"""
+        when a failure is expected).  @env: more environment"""
         cmd = [sys.executable, self.tool, '--qmp', self.qmp, '--to', to,
                '--json', *extra]
         self.log.info('running %s', shlex.join(cmd))
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, **(env or {})))
         self.log.info('stderr: %s', r.stderr)
         try:
             report = json.loads(r.stdout)
@@ -391,10 +392,12 @@ class TapTransferOnboard(TapLabTest):
         self.check_disk()
 
     def test_onboard_failure_leaves_the_vm_alone(self):
-        """A destination whose load fails after the switchover (it lacks
-        a device the source has): the command fails, the bridge forwards
-        to the old TAP again, the new TAP is gone, and the VM runs on
-        the stock QEMU and its old TAP, answering."""
+        """A destination that lacks a device the source has is refused
+        before anything moves (the live state differs); an onboarding
+        that fails after the switchover (the command's fault hook at its
+        verify phase) rolls back: the bridge forwards to the old TAP
+        again, the new TAP is gone, and the VM runs on the stock QEMU
+        and its old TAP, answering."""
         stock = self.binary('TAP_TRANSFER_STOCK_7_2', 'stock QEMU 7.2')
         fw = shlex.split(os.environ.get('TAP_TRANSFER_STOCK_L_7_2', ''))
         rng = 'virtio-rng-pci,id=rng0'
@@ -416,6 +419,14 @@ class TapTransferOnboard(TapLabTest):
         p = self.start_ping(PPS * 60)
         time.sleep(1.5)
         report, rc = self.upgrade(wrapper, '--onboard', ok=False)
+        self.note(f"refused onboarding: exit {rc}: {report.get('error')}")
+        self.assertEqual(rc, 2)
+        self.assertIn('rng0', report['error'])
+        self.assertEqual(self.links(), links, 'links came or went')
+        # the VM migrated, the bridge's entries steered: then it fails
+        report, rc = self.upgrade(self.qemu_bin, '--onboard', ok=False,
+                                  env={'TAP_TRANSFER_UPGRADE_FAULT':
+                                       'verify'})
         self.note(f"failed onboarding: exit {rc}: {report.get('error')}")
         self.assertEqual(rc, 1)
         self.assertFalse(report['ok'])
