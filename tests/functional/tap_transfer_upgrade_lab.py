@@ -367,13 +367,10 @@ class UpgradeLabTest(TapLabTest):
         stopped = threading.Event()
 
         def read_stderr():
-            try:
-                for line in proc.stderr:
-                    proc.lines.append(line)
-                    if f'stopped at phase {phase}' in line:
-                        stopped.set()
-            except ValueError:      # closed by communicate()
-                pass
+            for line in proc.stderr:
+                proc.lines.append(line)
+                if f'stopped at phase {phase}' in line:
+                    stopped.set()
         proc.reader = threading.Thread(target=read_stderr, daemon=True)
         proc.reader.start()
         if not stopped.wait(120):
@@ -384,7 +381,9 @@ class UpgradeLabTest(TapLabTest):
 
     def finish(self, proc):
         """The report of a command started by start_stopped()"""
-        out, _ = proc.communicate(timeout=300)
+        # stdout only: stderr is the reader thread's
+        out = proc.stdout.read()
+        proc.wait(300)
         proc.reader.join(10)
         self.log.info(''.join(proc.lines))
         if not out.strip():
@@ -427,6 +426,15 @@ class UpgradeLabTest(TapLabTest):
         top of its chain, by default the VM's disk), and qemu-img check
         clean (-U: the VM runs)"""
         image = image or vm.disk
+        # a guest that writes on extends the image meanwhile: stopped
+        # (and so flushed), the VM's image reads consistent
+        vm.qmp('stop')
+        try:
+            return self._check_records(vm, image)
+        finally:
+            vm.qmp('cont')
+
+    def _check_records(self, vm, image):
         acked = vm.acked()
         self.assertEqual(acked, list(range(len(acked))),
                          'acks are not 0, 1, 2, ... once each')
