@@ -11,6 +11,8 @@
 #                 tap-transfer-upgrade for 1 VM and 3 VMs
 #   make install  ... and install each QEMU under PREFIX (/opt/tap-transfer),
 #                 and tap-transfer-upgrade in PREFIX/bin
+#   make deb      ... and make Debian packages of them in BUILD/deb/
+#                 (tap-transfer-qemu-10.0, -10.2, tap-transfer-tools), lintian'ed
 #   make soak     ... and count lost pings over many handovers (N=200)
 #   make check SANITIZE=1   the tests under ASan/UBSan, in build-sanitize/
 #
@@ -31,7 +33,7 @@ QEMU_VERSIONS ?= 10.0,10.2
 QEMU_VERSION ?= 10.0
 MESON ?= meson
 
-.PHONY: all deps setup build guest check demo bench soak install clean
+.PHONY: all deps setup build guest check demo bench soak install deb clean
 
 all: build
 
@@ -110,6 +112,11 @@ PREFIX ?= /opt/tap-transfer
 DESTDIR ?=
 install: build
 	scripts/pipeline/install.sh $(BUILD) $(PREFIX) $(DESTDIR)
+
+# Debian packages of each QEMU series built and of the command, for
+# Debian 12: installed under /usr/lib/tap-transfer beside Debian's QEMU
+deb: build
+	scripts/pipeline/make-deb.sh $(BUILD)
 
 clean:
 	rm -rf $(BUILD)
