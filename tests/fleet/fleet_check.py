@@ -134,9 +134,19 @@ class Fleet:
                 vm = lab.start_daemon(name, netdev, disk_mb=disk, addr=addr,
                                       mac=mac)
                 self.vms[(h, name)] = (vm, addr, ifname)
-        for (h, name), (vm, addr, _) in self.vms.items():
-            vm.wait_serial('tap-transfer guest ready', timeout=180)
-            self.hosts[h].wait_ping(addr, timeout=60)
+            # a host's guests boot (TCG) before the next host's start:
+            # two cores, shared with whatever else runs
+            for name, addr, _ in vms:
+                vm = self.vms[(h, name)][0]
+                try:
+                    vm.wait_serial('tap-transfer guest ready', timeout=300)
+                except ttlab.LabError as e:
+                    alive = ttlab.alive(vm.pid())
+                    raise ttlab.LabError(
+                        f'{h}/{name}: {e} (QEMU {vm.pid()} '
+                        f"{'running' if alive else 'gone'}; console: "
+                        f'{vm.console_text()[-300:]!r})') from e
+                lab.wait_ping(addr, timeout=60)
 
     def state(self):
         """Per VM: pid, the series of the binary it runs, its TAP's
