@@ -2,6 +2,7 @@
 #
 #   make          install build dependencies, fetch QEMU, build
 #   make check    ... and run the tests
+#   make check-fleet   ... only the packaging and Ansible fleet tests
 #   make demo     ... and upgrade a real guest's QEMU 10.0 -> 10.2 (and back)
 #                 under a ping flood, with a report
 #   make demo ONBOARD=1   ... the guest starts on Debian's stock QEMU 7.2
@@ -11,6 +12,8 @@
 #                 tap-transfer-upgrade for 1 VM and 3 VMs
 #   make install  ... and install each QEMU under PREFIX (/opt/tap-transfer),
 #                 and tap-transfer-upgrade in PREFIX/bin
+#   make deb      ... and make Debian packages of them in BUILD/deb/
+#                 (tap-transfer-qemu-10.0, -10.2, tap-transfer-tools), lintian'ed
 #   make soak     ... and count lost pings over many handovers (N=200)
 #   make check SANITIZE=1   the tests under ASan/UBSan, in build-sanitize/
 #
@@ -31,7 +34,7 @@ QEMU_VERSIONS ?= 10.0,10.2
 QEMU_VERSION ?= 10.0
 MESON ?= meson
 
-.PHONY: all deps setup build guest check demo bench soak install clean
+.PHONY: all deps setup build guest check check-fleet demo bench soak install deb clean
 
 all: build
 
@@ -55,6 +58,12 @@ TIMEOUT_MULTIPLIER = $(if $(filter 1,$(SANITIZE)),4,1)
 check: build
 	$(MESON) test -C $(BUILD) --print-errorlogs --no-rebuild \
 	    --timeout-multiplier $(TIMEOUT_MULTIPLIER) || true
+	scripts/pipeline/test-summary.py $(BUILD)/meson-logs/testlog.json
+
+# Only the packaging and fleet tests (suite "fleet": make deb checked,
+# the fresh-root install, the Ansible rollout); make check runs them too
+check-fleet: build
+	$(MESON) test -C $(BUILD) --print-errorlogs --no-rebuild --suite fleet || true
 	scripts/pipeline/test-summary.py $(BUILD)/meson-logs/testlog.json
 
 ifeq ($(QEMU_VERSION),10.0)
@@ -115,6 +124,11 @@ PREFIX ?= /opt/tap-transfer
 DESTDIR ?=
 install: build
 	scripts/pipeline/install.sh $(BUILD) $(PREFIX) $(DESTDIR)
+
+# Debian packages of each QEMU series built and of the command, for
+# Debian 12: installed under /usr/lib/tap-transfer beside Debian's QEMU
+deb: build
+	scripts/pipeline/make-deb.sh $(BUILD)
 
 clean:
 	rm -rf $(BUILD)

@@ -3,7 +3,7 @@
 # The archive's address is taken from the machine's own Debian sources entry.
 set -euo pipefail
 
-stamp=/var/lib/tap-transfer/deps-v5
+stamp=/var/lib/tap-transfer/deps-v6
 [ -f "$stamp" ] && exit 0
 
 if [ "$(id -u)" != 0 ]; then
@@ -46,6 +46,10 @@ apt-get install -q -y --no-install-recommends \
     libglib2.0-dev zlib1g-dev libfdt-dev libcap-ng-dev libcap-ng-utils \
     seabios ipxe-qemu iproute2 bridge-utils iputils-ping busybox-static \
     cpio kmod fakeroot rsync qemu-system-data gnuplot-nox util-linux
+# make deb and its tests: lintian; a fresh Debian root; the fleet role
+# (Debian's ansible-core) and its linter
+apt-get install -q -y --no-install-recommends \
+    lintian debootstrap ansible-core ansible-lint
 # pycotap: the TAP output of QEMU's functional test framework;
 # qemu-utils: qemu-img, for the upgrade test's qcow2 disk (QEMU's own
 # build here makes no tools)
