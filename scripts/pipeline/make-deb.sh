@@ -208,9 +208,7 @@ tools_deb() {
     gzip -9n < "$pkgdata/tap-transfer-upgrade.8" \
         > "$stage/usr/share/man/man8/tap-transfer-upgrade.8.gz"
     for f in tap-transfer-upgrade tap-transfer-onboarding tap-transfer-fleet; do
-        if [ -f "$top/docs/devel/$f.rst" ]; then
-            gzip -9n < "$top/docs/devel/$f.rst" > "$doc/$f.rst.gz"
-        fi
+        gzip -9n < "$top/docs/tools/$f.rst" > "$doc/$f.rst.gz"
     done
     {
         echo "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
