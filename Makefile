@@ -66,11 +66,7 @@ check-fleet: build
 	$(MESON) test -C $(BUILD) --print-errorlogs --no-rebuild --suite fleet || true
 	scripts/pipeline/test-summary.py $(BUILD)/meson-logs/testlog.json
 
-ifeq ($(QEMU_VERSION),10.0)
-QEMU_BIN = $(BUILD)/qemu-build/qemu-system-x86_64
-else
 QEMU_BIN = $(BUILD)/qemu-$(QEMU_VERSION)-build/qemu-system-x86_64
-endif
 
 guest: deps
 	scripts/lab/guest/build-guest.sh
@@ -101,7 +97,7 @@ endif
 # RUNS=N runs of each mode (default 5); results in $(BUILD)/bench/
 # SCALE=1: instead, how the cost grows with fds, RAM and VMs per host
 # (scripts/lab/scale.py): tables in $(BUILD)/bench/scale/, figures in
-# docs/devel/figures/
+# docs/devel/migration/
 RUNS ?= 5
 SCALE ?= 0
 BENCH = $(if $(filter 1,$(SCALE)),scale.py --out $(BUILD)/bench/scale,bench.py --out $(BUILD)/bench)

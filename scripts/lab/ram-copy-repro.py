@@ -9,7 +9,7 @@ guest kernel oops.  One fresh boot per trial; one JSON line per trial.
 
 No tap-transfer code runs unless DST is this project's QEMU: this is
 the control for the guest oopses seen when onboarding from Debian's
-stock QEMU 7.2 with RAM copied (docs/devel/tap-transfer-onboarding.rst),
+stock QEMU 7.2 with RAM copied (docs/tools/tap-transfer-onboarding.rst),
 e.g. stock 7.2 -> stock 7.2 with two vCPUs:
 
     ram-copy-repro.py --src STOCK72 --src-fw "$(cat .../firmware-args)" \\

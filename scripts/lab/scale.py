@@ -279,7 +279,7 @@ def figures(res, outdir, figdir):
                     f"{med(p['off'], 'outage_us')}\n")
     a, b = fd['intercept_us'], fd['slope_us_per_fd']
     term = 'set terminal pngcairo size 900,560 font ",10"'
-    gnuplot([term, f"set output '{figdir}/scale-fds.png'",
+    gnuplot([term, f"set output '{figdir}/tap-transfer-scale-fds.png'",
              "set title 'guest outage against TAP fds handed over (median)'",
              "set xlabel 'TAP fds (NICs x queues)'", "set ylabel 'us'",
              'set logscale x 2', 'set grid', 'set key top left',
@@ -297,7 +297,7 @@ def figures(res, outdir, figdir):
                     f.write(f"{p['mb']} {med(p['runs'], 'outage_us')}\n")
     base = next((med(p['runs'], 'outage_us') for p in res['ram']
                  if p['shared'] and p['mb'] == 128), 0)
-    gnuplot([term, f"set output '{figdir}/scale-ram.png'",
+    gnuplot([term, f"set output '{figdir}/tap-transfer-scale-ram.png'",
              "set title 'guest outage against RAM size (median)'",
              "set xlabel 'MiB'", "set ylabel 'us'", 'set logscale xy 2',
              'set grid', 'set key top left',
@@ -323,7 +323,7 @@ def figures(res, outdir, figdir):
                      f"'--parallel {par}: worst VM'")
     plots.append(f"{2 * single} with lines dt 3 lc rgb 'red' title "
                  "'goal: 2 x one VM alone (median)'")
-    gnuplot([term, f"set output '{figdir}/scale-vms.png'",
+    gnuplot([term, f"set output '{figdir}/tap-transfer-scale-vms.png'",
              "set title 'each VM\\'s downtime against VMs upgraded by one "
              "command'", "set xlabel 'VMs'", "set ylabel 'ms'",
              'set grid', 'set key top left', 'plot ' + ', '.join(plots)])
@@ -336,7 +336,7 @@ def main():
     ap.add_argument('--upgrade-to', metavar='QEMU')
     ap.add_argument('--runs', type=int, default=5)
     ap.add_argument('--out', default='build/bench/scale')
-    ap.add_argument('--figures', default='docs/devel/figures')
+    ap.add_argument('--figures', default='docs/devel/migration')
     ap.add_argument('--only', choices=['fds', 'ram', 'fleet'],
                     action='append')
     args = ap.parse_args()

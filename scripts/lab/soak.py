@@ -265,7 +265,7 @@ def build_id(qemu_dir):
         return subprocess.run(['git', '-C', REPO, *a], capture_output=True,
                               text=True).stdout
     head = git('rev-parse', '--short', 'HEAD').strip() or '?'
-    tree = os.path.join(os.path.dirname(qemu_dir), 'qemu-src')
+    tree = re.sub(r'-build$', '-src', qemu_dir)
     differ = []
     for path in git('ls-files', 'net/tap-transfer',
                     'migration/backend-transfer.c',

@@ -81,9 +81,9 @@ def run_upgrade(tool, env, vm, to, *extra):
 
 def qemu_python(qemu):
     """The python/ directory of the QEMU tree @qemu was built from: this
-    project builds <build>/qemu-build from the prepared <build>/qemu-src."""
-    build = os.path.dirname(os.path.dirname(os.path.abspath(qemu)))
-    return os.path.join(build, 'qemu-src', 'python')
+    project builds <build>/qemu-X.Y-build from <build>/qemu-X.Y-src."""
+    build_dir = os.path.dirname(os.path.abspath(qemu))
+    return os.path.join(re.sub(r'-build$', '-src', build_dir), 'python')
 
 
 # QEMU's Python tooling, imported by import_qemu_python()

@@ -22,6 +22,7 @@ root=$(cd "${1:?usage: install.sh BUILD_ROOT PREFIX [DESTDIR]}" && pwd)
 prefix=${2:?usage: install.sh BUILD_ROOT PREFIX [DESTDIR]}
 destdir=${3:-}
 top=$(cd "$(dirname "$0")/../.." && pwd)
+. "$top/scripts/pipeline/series.sh"
 
 case "$prefix" in
 /*) ;;
@@ -71,7 +72,7 @@ install_series() {
 # The operator's command, with the part of QEMU's Python tree it imports
 # (qemu.qmp), so that the installed copy runs without a checkout
 install_tool() {
-    local python=$root/qemu-src/python
+    local python=$(series_src "$root" "$(series_built "$root" | head -n 1)")/python
     local lib=$destdir$prefix/lib/tap-transfer/python
     if [ ! -d "$python/qemu/qmp" ]; then
         echo "install: no QEMU Python tree in $python" >&2
@@ -89,11 +90,8 @@ install_tool() {
 # The series this build directory built (its stamp), as QEMU_VERSIONS chose
 installed=0
 for series in 10.0 10.2; do
-    if [ "$series" = 10.0 ]; then
-        build=$root/qemu-build stamp=$root/qemu.stamp
-    else
-        build=$root/qemu-$series-build stamp=$root/qemu-$series.stamp
-    fi
+    build=$(series_build "$root" "$series")
+    stamp=$(series_stamp "$root" "$series")
     if [ -f "$stamp" ]; then
         install_series "$build" "$series"
         installed=1

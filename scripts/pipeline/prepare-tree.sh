@@ -13,7 +13,7 @@ set -euo pipefail
 src=${1:?usage: prepare-tree.sh QEMU_SRC DEST}
 dest=${2:?usage: prepare-tree.sh QEMU_SRC DEST}
 top=$(cd "$(dirname "$0")/../.." && pwd)
-overlay_dirs="net migration qapi hw include tests docs"
+overlay_dirs="net migration qapi hw include docs tests/qtest tests/functional"
 
 if [ ! -f "$src/VERSION" ] || [ ! -f "$src/net/tap.c" ]; then
     echo "prepare-tree: $src is not a QEMU source tree" >&2

@@ -5,8 +5,8 @@
 #
 #   qemu.sh BUILD_ROOT SERIES [QEMU_SRC]
 #
-# SERIES 10.0 builds in BUILD_ROOT/qemu-src and BUILD_ROOT/qemu-build,
-# others in BUILD_ROOT/qemu-SERIES-src and BUILD_ROOT/qemu-SERIES-build.
+# SERIES is prepared in BUILD_ROOT/qemu-SERIES-src and built in
+# BUILD_ROOT/qemu-SERIES-build (scripts/pipeline/series.sh).
 # QEMU_SRC replaces Debian's source for its own series only.  When the
 # archive no longer serves a series' source, the reason is left in
 # BUILD_DIR.unavailable and its tests skip with it.
@@ -17,15 +17,10 @@ series=${2:?usage: qemu.sh BUILD_ROOT SERIES [QEMU_SRC]}
 user_src=${3:-}
 here=$(cd "$(dirname "$0")" && pwd)
 
-if [ "$series" = 10.0 ]; then
-    tree=$root/qemu-src
-    build=$root/qemu-build
-    stamp=$root/qemu.stamp
-else
-    tree=$root/qemu-$series-src
-    build=$root/qemu-$series-build
-    stamp=$root/qemu-$series.stamp
-fi
+. "$here/series.sh"
+tree=$(series_src "$root" "$series")
+build=$(series_build "$root" "$series")
+stamp=$(series_stamp "$root" "$series")
 
 # A tree of the other supported series is not this series' business
 if [ -n "$user_src" ] && [ -f "$user_src/VERSION" ]; then

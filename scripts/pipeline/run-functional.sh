@@ -5,7 +5,7 @@
 #
 #   run-functional.sh QEMU_TREE QEMU_BUILD TEST_FILE
 #
-# QEMU_TREE is a prepared tree (build/qemu-src, build/qemu-10.2-src),
+# QEMU_TREE is a prepared tree (build/qemu-10.0-src, build/qemu-10.2-src),
 # QEMU_BUILD its build; TEST_FILE a file name in the tree's
 # tests/functional/.  The test prints TAP.  TAP_TRANSFER_GUEST, the real guest's directory, is set
 # from scripts/lab/guest/build-guest.sh (which builds it if needed) unless
@@ -21,11 +21,13 @@ qemu_build=${2:?$usage}
 test=${3:?$usage}
 top=$(cd "$(dirname "$0")/../.." && pwd)
 
-# The upgrade command daemonizes its VMs' QEMUs, as production does
-if [ "${SANITIZE:-0}" = 1 ] && [ "$test" = test_x86_64_tap_transfer_upgrade.py ]; then
+# The upgrade and onboarding tests' VMs daemonize, as production ones do
+case "${SANITIZE:-0}:$test" in
+1:test_x86_64_tap_transfer_upgrade*.py | 1:test_x86_64_tap_transfer_onboard.py)
     echo "1..0 # SKIP a QEMU built with ASan that daemonizes can deadlock in its forked child (an allocator lock held by another thread at fork); the qtests cover the module under ASan"
     exit 0
-fi
+    ;;
+esac
 
 # A series whose source the archive no longer serves: skip, saying why
 if [ -f "$qemu_build.unavailable" ]; then
@@ -36,12 +38,13 @@ src=$(cd "${1:?$usage}" && pwd)
 qemu_build=$(cd "$qemu_build" && pwd)
 
 export QEMU_TEST_QEMU_BINARY=$qemu_build/qemu-system-x86_64
-export QEMU_TEST_QEMU_IMG=$qemu_build/qemu-img
+export QEMU_TEST_QEMU_IMG=${QEMU_TEST_QEMU_IMG:-$qemu_build/qemu-img}
 export QEMU_BUILD_ROOT=$qemu_build
 export PYTHONPATH=$src/python:$src/tests/functional
 
-# the operator's command, for the upgrade tests
+# the operator's command, for the upgrade tests, on the tree's qemu.qmp
 export TAP_TRANSFER_UPGRADE=${TAP_TRANSFER_UPGRADE:-$top/tools/tap-transfer-upgrade}
+export TAP_TRANSFER_QEMU_PYTHON=${TAP_TRANSFER_QEMU_PYTHON:-$src/python}
 
 if [ -z "${TAP_TRANSFER_GUEST:-}" ] && [ "$(id -u)" = 0 ]; then
     if guest=$("$top/scripts/lab/guest/build-guest.sh" 2>"$qemu_build/guest-build.log"); then

@@ -6,20 +6,21 @@
 #   series_stamp ROOT SERIES   the stamp meson leaves once it is built
 #   series_built ROOT          the series built there, one a line
 #
-# 10.0 keeps the names the first builds had (qemu-src, qemu-build).
+# Every series alike: ROOT/qemu-X.Y-src, ROOT/qemu-X.Y-build,
+# ROOT/qemu-X.Y.stamp.
 
 TT_SERIES="10.0 10.2"
 
 series_src() {
-    if [ "$2" = 10.0 ]; then echo "$1/qemu-src"; else echo "$1/qemu-$2-src"; fi
+    echo "$1/qemu-$2-src"
 }
 
 series_build() {
-    if [ "$2" = 10.0 ]; then echo "$1/qemu-build"; else echo "$1/qemu-$2-build"; fi
+    echo "$1/qemu-$2-build"
 }
 
 series_stamp() {
-    if [ "$2" = 10.0 ]; then echo "$1/qemu.stamp"; else echo "$1/qemu-$2.stamp"; fi
+    echo "$1/qemu-$2.stamp"
 }
 
 # A series counts as built when meson finished it and the archive served

@@ -144,7 +144,7 @@ class TapTransferOnboard(TapLabTest):
                 # command picks x-ignore-shared): with RAM copied, stock
                 # 7.2 under TCG with 2 vCPUs corrupts the guest's memory
                 # in some migrations, onboarding or not (see
-                # docs/devel/tap-transfer-onboarding.rst)
+                # docs/tools/tap-transfer-onboarding.rst)
                 '-object', 'memory-backend-file,id=ram0,share=on,'
                 f'mem-path={self.shm},size=128M',
                 '-machine', 'memory-backend=ram0', *extra]
@@ -467,7 +467,7 @@ class TapTransferOnboard(TapLabTest):
             self.note(f"{' '.join(extra) or '(plain)'}: exit {rc}: "
                       f"{report.get('error')}")
             self.assertEqual(rc, 2)
-            self.assertTrue(report.get('refused'))
+            self.assertEqual(report.get('status'), 'refused')
             self.assertIn(want, report.get('error', ''))
             self.assertEqual(self.links(), links, 'links came or went')
             self.assertTrue(alive(pid))

@@ -29,7 +29,7 @@ from qemu_test import QemuSystemTest
 from tap_transfer_lab import GUEST_READY
 from tap_transfer_upgrade_lab import UpgradeLabTest, Vm, qemu_processes
 
-# the command's phases (docs/devel/tap-transfer-upgrade.rst), but
+# the command's phases (docs/tools/tap-transfer-upgrade.rst), but
 # onboarding's; from 'commit' on it only goes forward
 PHASES = ('planned', 'destination', 'compare', 'parameters', 'migrate',
           'verify', 'commit', 'running', 'quit-source', 'paths')

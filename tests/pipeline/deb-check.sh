@@ -9,9 +9,9 @@
 set -uo pipefail
 
 root=$(cd "${1:?usage: deb-check.sh BUILD_ROOT}" && pwd)
-here=$(cd "$(dirname "$0")" && pwd)
+pipeline=$(cd "$(dirname "$0")/../../scripts/pipeline" && pwd)
 # shellcheck source=series.sh
-. "$here/series.sh"
+. "$pipeline/series.sh"
 out=$root/deb
 
 if [ "${SANITIZE:-0}" = 1 ]; then
@@ -29,7 +29,7 @@ ok() { n=$((n + 1)); echo "ok $n - $*"; }
 fail() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
 
 t0=$(date +%s)
-if log=$("$here/make-deb.sh" "$root" 2>&1); then
+if log=$("$pipeline/make-deb.sh" "$root" 2>&1); then
     ok "make deb: $(ls "$out"/*.deb | wc -l) packages in $(($(date +%s) - t0)) s"
 else
     fail "make deb"

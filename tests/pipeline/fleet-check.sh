@@ -9,9 +9,9 @@
 set -uo pipefail
 
 root=$(cd "${1:?usage: fleet-check.sh BUILD_ROOT}" && pwd)
-here=$(cd "$(dirname "$0")" && pwd)
+pipeline=$(cd "$(dirname "$0")/../../scripts/pipeline" && pwd)
 # shellcheck source=series.sh
-. "$here/series.sh"
+. "$pipeline/series.sh"
 
 skip() {
     echo "1..0 # SKIP $*"
@@ -27,9 +27,9 @@ command -v qemu-img >/dev/null || skip "no qemu-img (Debian package qemu-utils)"
 series=$(series_built "$root")
 echo "$series" | grep -qx 10.0 && echo "$series" | grep -qx 10.2 ||
     skip "both QEMU series must be built ($(echo $series))"
-guest=$("$here/../lab/guest/build-guest.sh" 2>/dev/null) || skip "the guest could not be built"
+guest=$("$pipeline/../lab/guest/build-guest.sh" 2>/dev/null) || skip "the guest could not be built"
 if ! ls "$root"/deb/tap-transfer-tools_*.deb >/dev/null 2>&1; then
-    if ! out=$(LINTIAN=0 "$here/make-deb.sh" "$root" 2>&1); then
+    if ! out=$(LINTIAN=0 "$pipeline/make-deb.sh" "$root" 2>&1); then
         echo "1..1"
         echo "not ok 1 - make deb"
         echo "$out" | sed 's/^/# /'
@@ -53,7 +53,7 @@ trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
-/usr/bin/python3 "$here/../../tests/fleet/fleet_check.py" --debs "$root/deb" \
+/usr/bin/python3 "$pipeline/../../tests/fleet/fleet_check.py" --debs "$root/deb" \
     --guest "$guest" --python-dir "$(series_src "$root" 10.0)/python" &
 child=$!
 wait "$child"

@@ -23,10 +23,10 @@
 set -uo pipefail
 
 root=$(cd "${1:?usage: fresh-root-check.sh BUILD_ROOT}" && pwd)
-here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/../.." && pwd)
+pipeline=$(cd "$(dirname "$0")/../../scripts/pipeline" && pwd)
+top=$(cd "$pipeline/../.." && pwd)
 # shellcheck source=series.sh
-. "$here/series.sh"
+. "$pipeline/series.sh"
 suite=bookworm
 
 skip() {
@@ -42,7 +42,7 @@ if [ "${SANITIZE:-0}" = 1 ]; then
 fi
 series=$(series_built "$root")
 [ -n "$series" ] || skip "no QEMU series is built in $root"
-guest=$("$here/../lab/guest/build-guest.sh" 2>/dev/null) || skip "the guest could not be built"
+guest=$("$pipeline/../lab/guest/build-guest.sh" 2>/dev/null) || skip "the guest could not be built"
 src=/etc/apt/sources.list.d/debian.sources
 archive=$(awk '/^URIs:/ { print $2; exit }' "$src" 2>/dev/null || true)
 [ -n "$archive" ] || skip "no Debian archive in $src"
@@ -50,7 +50,7 @@ archive=$(awk '/^URIs:/ { print $2; exit }' "$src" 2>/dev/null || true)
 # The packages: make deb's, made now if the build has none
 debs=$root/deb
 if ! ls "$debs"/tap-transfer-tools_*.deb >/dev/null 2>&1; then
-    if ! out=$(LINTIAN=0 "$here/make-deb.sh" "$root" 2>&1); then
+    if ! out=$(LINTIAN=0 "$pipeline/make-deb.sh" "$root" 2>&1); then
         echo "1..1"
         echo "not ok 1 - make deb"
         echo "$out" | sed 's/^/# /'

@@ -10,7 +10,7 @@
 set -uo pipefail
 
 root=$(cd "${1:?usage: install-check.sh BUILD_ROOT}" && pwd)
-here=$(cd "$(dirname "$0")" && pwd)
+pipeline=$(cd "$(dirname "$0")/../../scripts/pipeline" && pwd)
 prefix=/opt/tap-transfer
 
 if [ "$(id -u)" != 0 ]; then
@@ -35,7 +35,7 @@ trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
-if ! "$here/install.sh" "$root" "$prefix" "$destdir" > "$work/install.log" 2>&1; then
+if ! "$pipeline/install.sh" "$root" "$prefix" "$destdir" > "$work/install.log" 2>&1; then
     echo "1..1"
     echo "not ok 1 - install.sh failed"
     sed 's/^/# /' "$work/install.log"

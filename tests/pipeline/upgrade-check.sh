@@ -12,7 +12,7 @@
 set -uo pipefail
 
 root=$(cd "${1:?usage: upgrade-check.sh BUILD_ROOT}" && pwd)
-here=$(cd "$(dirname "$0")" && pwd)
+pipeline=$(cd "$(dirname "$0")/../../scripts/pipeline" && pwd)
 prefix=/opt/tap-transfer
 
 skip() {
@@ -28,9 +28,9 @@ fi
 [ -f "$root/qemu-10.2-build.unavailable" ] && \
     skip "$(cat "$root/qemu-10.2-build.unavailable")"
 [ -x "$root/qemu-10.2-build/qemu-system-x86_64" ] || skip "QEMU 10.2 is not built"
-[ -x "$root/qemu-build/qemu-system-x86_64" ] || skip "QEMU 10.0 is not built"
+[ -x "$root/qemu-10.0-build/qemu-system-x86_64" ] || skip "QEMU 10.0 is not built"
 command -v qemu-img >/dev/null || skip "no qemu-img (Debian package qemu-utils)"
-guest=$("$here/../lab/guest/build-guest.sh" 2>/dev/null) || skip "the guest could not be built"
+guest=$("$pipeline/../lab/guest/build-guest.sh" 2>/dev/null) || skip "the guest could not be built"
 
 destdir=$(mktemp -d /tmp/tap-transfer-upgrade.XXXXXX)
 # Killed by meson's timeout (TERM, to the whole process group) or ^C:
@@ -52,7 +52,7 @@ trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
-if ! out=$("$here/install.sh" "$root" "$prefix" "$destdir" 2>&1); then
+if ! out=$("$pipeline/install.sh" "$root" "$prefix" "$destdir" 2>&1); then
     echo "1..1"
     echo "not ok 1 - install.sh failed"
     echo "$out" | sed 's/^/# /'
@@ -65,9 +65,9 @@ new=$destdir$prefix/qemu-10.2/bin/qemu-system-x86_64
 tool=$destdir$prefix/bin/tap-transfer-upgrade
 # the lab (and so the command's scratch files) under the scratch dir
 mkdir -p "$destdir/tmp"
-if report=$(TMPDIR=$destdir/tmp "$here/../lab/demo.py" --qemu "$old" \
+if report=$(TMPDIR=$destdir/tmp "$pipeline/../lab/demo.py" --qemu "$old" \
             --upgrade-to "$new" --rollback --tool "$tool" \
-            --python-dir "$root/qemu-src/python" --guest "$guest" 2>&1); then
+            --python-dir "$root/qemu-10.0-src/python" --guest "$guest" 2>&1); then
     echo "$report" | sed 's/^/# /'
     echo "ok 1 - installed tap-transfer-upgrade: QEMU 10.0 -> 10.2 -> 10.0 under a ping flood: same TAP, zero loss, disk records kept"
 else
