@@ -11,6 +11,15 @@ tree=$(cd "${1:?usage: build-qemu.sh QEMU_TREE BUILD_DIR}" && pwd)
 build=${2:?usage: build-qemu.sh QEMU_TREE BUILD_DIR}
 shift 2
 
+# One QEMU build at a time on this machine, whichever checkout asks:
+# two at once only slow each other down (and a 2-core machine to a crawl)
+lock=${TAP_TRANSFER_BUILD_LOCK:-/var/lock/tap-transfer-build.lock}
+exec 9>"$lock"
+if ! flock -n 9; then
+    echo "build-qemu: waiting for another QEMU build ($lock)" >&2
+    flock 9
+fi
+
 if [ -x /usr/lib/ccache/cc ]; then
     export PATH=/usr/lib/ccache:$PATH
     export CCACHE_DIR=${CCACHE_DIR:-/var/cache/tap-transfer/ccache}
