@@ -57,6 +57,7 @@ typedef struct HangupCase {
 /* The destination: the test, with the source's stream on @conn */
 typedef struct FakeDest {
     const HangupCase *c;
+    QTestState *source;
     int conn;
     int pause_listener;
     char *log;
@@ -210,6 +211,8 @@ static void dest_run(FakeDest *d, int listener)
         };
 
         g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        /* The source must not die, whatever the destination does */
+        g_assert_true(qtest_probe_child(d->source));
         g_assert_cmpint(poll(pfd, ARRAY_SIZE(pfd), 100), >=, 0);
         if (pfd[0].revents & POLLIN) {
             dest_serve_pause(d);
@@ -228,8 +231,14 @@ static void dest_run(FakeDest *d, int listener)
             dest_hang_up(d);
         }
     }
+    /* Completed: the source closes the stream as it cleans up */
     if (d->conn >= 0) {
-        close(d->conn);
+        struct pollfd pfd = { .fd = d->conn, .events = POLLIN };
+
+        do {
+            g_assert_cmpint(poll(&pfd, 1, TIMEOUT_US / 1000), ==, 1);
+        } while (dest_read(d, true));
+        dest_hang_up(d);
     }
 }
 
@@ -268,6 +277,7 @@ static void do_hangup(const HangupCase *c, bool check_order)
         migrate_set_capability(vm.qts, "return-path", true);
     }
     migrate_qmp(vm.qts, NULL, uri, NULL, "{}");
+    d.source = vm.qts;
     dest_run(&d, listener);
 
     /* The source lives, and says how its migration ended */
