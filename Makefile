@@ -90,10 +90,15 @@ demo: build guest
 endif
 
 # RUNS=N runs of each mode (default 5); results in $(BUILD)/bench/
+# SCALE=1: instead, how the cost grows with fds, RAM and VMs per host
+# (scripts/lab/scale.py): tables in $(BUILD)/bench/scale/, figures in
+# docs/devel/figures/
 RUNS ?= 5
+SCALE ?= 0
+BENCH = $(if $(filter 1,$(SCALE)),scale.py --out $(BUILD)/bench/scale,bench.py --out $(BUILD)/bench)
 bench: build guest
-	scripts/lab/bench.py --qemu $(QEMU_BIN) --guest "$$(scripts/lab/guest/build-guest.sh)" \
-	    --runs $(RUNS) --out $(BUILD)/bench \
+	scripts/lab/$(BENCH) --qemu $(QEMU_BIN) \
+	    --guest "$$(scripts/lab/guest/build-guest.sh)" --runs $(RUNS) \
 	    $$(if [ "$(UPGRADE)$(QEMU_VERSION)" = 110.0 ] && [ -x $(UPGRADE_BIN) ]; then \
 	         echo --upgrade-to $(UPGRADE_BIN); fi)
 

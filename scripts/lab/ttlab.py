@@ -601,9 +601,9 @@ class Lab:
             raise LabError('no qemu-img (Debian package qemu-utils)')
         return img
 
-    def boot(self, netdev, **kw):
+    def boot(self, netdev, timeout=60, **kw):
         vm = self.start_vm(netdev, **kw)
-        vm.wait_serial('tap-transfer guest ready')
+        vm.wait_serial('tap-transfer guest ready', timeout)
         self.wait_ping()
         return vm
 

@@ -20,299 +20,20 @@
 # This work is licensed under the terms of the GNU GPL, version 2 or
 # later.  See the COPYING file in the top-level directory.
 
-import glob
 import json
 import os
-import re
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 
-from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu_test import QemuSystemTest
-from tap_transfer_lab import (GUEST_READY, PPS, TapLabTest, alive,
-                              open_tap_in_netns, same_open_file, tun_fds)
+from tap_transfer_lab import (GUEST_READY, PPS, alive, open_tap_in_netns,
+                              same_open_file, tun_fds)
+from tap_transfer_upgrade_lab import UpgradeLabTest, Vm, upgrade_processes
 
 
-ACK = re.compile(r'^tt-record (\d+) acked', re.M)
-RECORDS = 100000
-
-
-def upgrade_processes(base, vms=()):
-    """QEMUs the command started for VMs under directory @base and left
-    over: their command lines name the command's temporary paths there,
-    and no pidfile of @vms names them (a VM the command upgraded runs
-    with such a command line)."""
-    keep = set()
-    for vm in vms:
-        try:
-            keep.add(vm.read_pid())
-        except (OSError, ValueError):
-            pass
-    found = []
-    for pid in os.listdir('/proc'):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f'/proc/{pid}/cmdline', 'rb') as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if b'.tt-upgrade-' in cmd and base.encode() in cmd and \
-                alive(int(pid)) and int(pid) not in keep:
-            found.append(int(pid))
-    return found
-
-
-def describe(pids):
-    out = []
-    for pid in pids:
-        try:
-            with open(f'/proc/{pid}/stat') as f:
-                stat = f.read().split()
-            with open(f'/proc/{pid}/cmdline', 'rb') as f:
-                cmd = f.read().replace(b'\0', b' ').decode(errors='replace')
-            out.append(f'{pid} (state {stat[2]}, parent {stat[3]}): '
-                       f'{cmd[:300]}')
-        except OSError:
-            out.append(f'{pid} (gone)')
-    return '; '.join(out)
-
-
-def upgrade_workdirs(tmp):
-    return set(glob.glob(os.path.join(tmp, 'tap-transfer-upgrade-*')))
-
-
-class Vm:
-    """A daemonized VM as an operator runs it: QMP socket, pidfile and
-    console log in its own directory, optionally a qcow2 disk."""
-
-    def __init__(self, test, name, qemu, index, queues=1, disk=False,
-                 shared_ram=True, tap_fds=None, boot=True, extra=(),
-                 daemonize=True, memfd=False):
-        self.test = test
-        self.name = name
-        self.dir = os.path.join(test.base, name)
-        os.makedirs(self.dir)
-        self.qmp_path = os.path.join(self.dir, 'qmp.sock')
-        self.pidfile = os.path.join(self.dir, 'qemu.pid')
-        self.console = os.path.join(self.dir, 'console.log')
-        self.disk = os.path.join(self.dir, 'disk.qcow2') if disk else None
-        self.addr = f'10.0.0.{index + 1}'
-        self.mac = f'52:54:00:12:34:{index + 0x55:02x}'
-        self.ifname = f'ttu{index}'
-        self.queues = queues
-        args = ['-name', name, '-M', 'pc', '-accel', 'tcg', '-m', '128',
-                '-nodefaults', '-display', 'none',
-                '-serial', f'file:{self.console}',
-                '-qmp', f'unix:{self.qmp_path},server=on,wait=off',
-                '-pidfile', self.pidfile]
-        if daemonize:
-            args.append('-daemonize')
-        if boot:
-            records = f' tt.records={RECORDS}' if disk else ''
-            args += ['-kernel', os.path.join(test.guest, 'vmlinuz'),
-                     '-initrd', os.path.join(test.guest, 'initrd.gz'),
-                     '-append', f'console=ttyS0 quiet tt.addr={self.addr}/24'
-                     f'{records}']
-        if shared_ram:
-            self.shm = f'/dev/shm/tap-transfer-upgrade-{test.ns}-{name}'
-            test.addCleanup(lambda: os.path.exists(self.shm) and
-                            os.unlink(self.shm))
-            args += ['-object', 'memory-backend-file,id=ram0,share=on,'
-                     f'mem-path={self.shm},size=128M',
-                     '-machine', 'memory-backend=ram0']
-        if memfd:
-            args += ['-object', 'memory-backend-memfd,id=ram0,size=128M',
-                     '-machine', 'memory-backend=ram0,aux-ram-share=on']
-        if disk:
-            subprocess.run([test.qemu_img, 'create', '-q', '-f', 'qcow2',
-                            self.disk, '16M'], check=True)
-            args += ['-drive', f'file={self.disk},if=none,id=disk0,'
-                     'format=qcow2',
-                     '-device', 'virtio-blk-pci,drive=disk0,id=vblk0']
-        device = f'virtio-net-pci,netdev=n0,id=nic0,mac={self.mac}'
-        if queues > 1:
-            device += f',mq=on,vectors={2 * queues + 2}'
-            args += ['-smp', str(queues)]
-        if tap_fds:
-            netdev = f'tap-transfer,id=n0,fds={":".join(map(str, tap_fds))}'
-        else:
-            netdev = (f'tap-transfer,id=n0,ifname={self.ifname},'
-                      f'script={test.ifup},downscript=no')
-        args += ['-netdev', netdev, '-device', device, *extra]
-        log = os.path.join(self.dir, 'start.log')
-        cmd = ['nsenter', f'--net=/run/netns/{test.ns}', qemu, *args]
-        with open(log, 'w') as out:
-            if daemonize:
-                r = subprocess.run(cmd, stdout=out, stderr=out,
-                                   pass_fds=tap_fds or (), timeout=120,
-                                   check=False)
-                rc = r.returncode
-            else:
-                # run by a supervisor of its own, as a process that
-                # does not daemonize is (nsenter execs QEMU)
-                self.proc = subprocess.Popen(cmd, stdout=out, stderr=out,
-                                             stdin=subprocess.DEVNULL,
-                                             pass_fds=tap_fds or (),
-                                             start_new_session=True)
-                deadline = time.monotonic() + 60
-                while not os.path.exists(self.pidfile) and \
-                        self.proc.poll() is None and \
-                        time.monotonic() < deadline:
-                    time.sleep(0.05)
-                rc = self.proc.poll() or 0
-        with open(log) as f:
-            test.assertEqual(rc, 0, f'{name} did not start: {f.read()}')
-        self.pid = self.read_pid()
-        test.addCleanup(self.kill)
-
-    def read_pid(self):
-        with open(self.pidfile) as f:
-            return int(f.read().strip())
-
-    def kill(self):
-        """At the end: whatever QEMU holds the VM now goes, and any the
-        command started for it (their command lines name its QMP path)."""
-        pids = {self.pid}
-        try:
-            pids.add(self.read_pid())
-        except (OSError, ValueError):
-            pass
-        for pid in os.listdir('/proc'):
-            try:
-                with open(f'/proc/{pid}/cmdline', 'rb') as f:
-                    if self.qmp_path.encode() + b'.tt-upgrade-' in f.read():
-                        pids.add(int(pid))
-            except (OSError, ValueError):
-                pass
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-
-    def qmp(self, cmd, **args):
-        q = QEMUMonitorProtocol(self.qmp_path)
-        q.connect()
-        try:
-            return q.cmd(cmd, **args)
-        finally:
-            q.close()
-
-    def console_text(self):
-        with open(self.console, errors='replace') as f:
-            return f.read()
-
-    def acked(self):
-        return [int(n) for n in ACK.findall(self.console_text())]
-
-    def wait_console(self, text, timeout=90):
-        deadline = time.monotonic() + timeout
-        while text not in self.console_text():
-            self.test.assertTrue(alive(self.pid), f'{self.name} exited')
-            self.test.assertLess(time.monotonic(), deadline,
-                                 f'{self.name}: no "{text}" on the console')
-            time.sleep(0.1)
-
-    def wait_acks(self, count, timeout=60):
-        deadline = time.monotonic() + timeout
-        while len(self.acked()) < count:
-            self.test.assertLess(time.monotonic(), deadline,
-                                 f'{self.name}: fewer than {count} records '
-                                 'acked')
-            time.sleep(0.1)
-
-    def quit(self):
-        try:
-            self.qmp('quit')
-        except Exception:       # pylint: disable=broad-except
-            pass
-        deadline = time.monotonic() + 30
-        while alive(self.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.test.assertFalse(alive(self.pid), f'{self.name} did not quit')
-
-    def snapshot(self):
-        """What must not change when an upgrade fails."""
-        st = os.stat(self.qmp_path)
-        return {'pid': self.read_pid(), 'files': sorted(os.listdir(self.dir)),
-                'qmp_inode': st.st_ino,
-                'tun_fds': tun_fds(self.pid)}
-
-
-class TapTransferUpgrade(TapLabTest):
-
-    def setUp(self):
-        super().setUp()
-        self.require_lab('ip', 'nsenter', 'ping')
-        self.tool = os.environ.get('TAP_TRANSFER_UPGRADE')
-        if not self.tool or not os.access(self.tool, os.X_OK):
-            self.skipTest('TAP_TRANSFER_UPGRADE does not name the '
-                          'tap-transfer-upgrade command')
-        self.qemu_img = None
-        for img in (os.environ.get('QEMU_TEST_QEMU_IMG'),
-                    shutil.which('qemu-img')):
-            if img and os.access(img, os.X_OK):
-                self.qemu_img = img
-                break
-        if not self.qemu_img:
-            self.skipTest('no qemu-img (QEMU_TEST_QEMU_IMG, or on PATH)')
-        self.require_accelerator('tcg')
-        self.require_netdev('tap-transfer')
-        self.old = self.qemu_bin
-        self.new = os.environ.get('TAP_TRANSFER_QEMU_NEW') or self.qemu_bin
-        if not os.access(self.new, os.X_OK):
-            why = f'{self.new} is not built'
-            unavailable = os.path.dirname(self.new) + '.unavailable'
-            if os.path.exists(unavailable):
-                with open(unavailable) as f:
-                    why = f.read().strip()
-            self.skipTest(f'no QEMU to upgrade to: {why}')
-
-        # short: the command adds .tt-upgrade-XXXXXXXX to socket paths
-        self.base = tempfile.mkdtemp(prefix='ttu-')
-        self.addCleanup(shutil.rmtree, self.base, True)
-        self.make_lab('tt-upg', self.base)
-        # the command's scratch directories go there (TMPDIR)
-        self.tmp = os.path.join(self.base, 'tmp')
-        os.mkdir(self.tmp)
-
-    # the command
-
-    def tool_env(self):
-        # the command runs on the qemu.qmp this test imports
-        env = dict(os.environ, TMPDIR=self.tmp)
-        env.setdefault('TAP_TRANSFER_QEMU_PYTHON', os.path.dirname(
-            os.path.dirname(os.path.dirname(os.path.abspath(
-                sys.modules['qemu.qmp'].__file__)))))
-        return env
-
-    def upgrade(self, qmp, to, *extra, expect_ok=True):
-        """Run the command; its JSON report."""
-        r = subprocess.run([self.tool, '--qmp', qmp, '--to', to, '--json',
-                            *extra], capture_output=True, text=True,
-                           env=self.tool_env(), timeout=600, check=False)
-        for line in r.stderr.splitlines():
-            self.log.info(line)
-        try:
-            report = json.loads(r.stdout)
-        except ValueError:
-            self.fail(f'no JSON report (exit {r.returncode}): '
-                      f'{r.stdout[-500:]} {r.stderr[-1500:]}')
-        if expect_ok:
-            self.assertEqual(r.returncode, 0,
-                             f'the command failed: {report.get("error")}'
-                             f'\n{r.stderr[-2000:]}')
-        report['returncode'] = r.returncode
-        return report
-
-    def version_of(self, qemu):
-        out = subprocess.run([qemu, '--version'], capture_output=True,
-                             text=True, check=True).stdout
-        return re.search(r'version (\d+\.\d+\.\d+)', out).group(1)
+class TapTransferUpgrade(UpgradeLabTest):
 
     def check_upgraded(self, vm, report, to, ifindex, links, dups):
         """After the command: the VM runs on @to's QEMU, at the same
@@ -342,8 +63,6 @@ class TapTransferUpgrade(TapLabTest):
         self.assertEqual(self.ifindex(vm.ifname), ifindex)
         self.assertEqual(self.links(), links, 'links came or went')
         self.assert_no_leftover([vm])
-        self.assertEqual(upgrade_workdirs(self.tmp), set(),
-                         'the command left its work directory')
         self.assertEqual([f for f in os.listdir(vm.dir)
                           if '.tt-upgrade-' in f], [])
 
@@ -459,14 +178,6 @@ class TapTransferUpgrade(TapLabTest):
         self.note(f"3 VMs, --parallel 2: {report['summary']['seconds']} s")
         self.assert_no_leftover(vms)
 
-    def assert_no_leftover(self, vms):
-        deadline = time.monotonic() + 10
-        while upgrade_processes(self.base, vms) and \
-                time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = upgrade_processes(self.base, vms)
-        self.assertEqual(left, [], f'QEMUs left over: {describe(left)}')
-
     def test_memfd_modes(self):
         """memfd RAM: cpr-transfer for the upgrade (the newer QEMU loads
         the older's cpr state), RAM copied for the rollback (10.0 cannot
@@ -501,8 +212,6 @@ class TapTransferUpgrade(TapLabTest):
         params = vm.qmp('query-migrate-parameters')
         self.assertFalse(params.get('backend-transfer'))
         self.assert_no_leftover([vm])
-        self.assertEqual(upgrade_workdirs(self.tmp), set(),
-                         'the command left its work directory')
         if addr:
             r = self.ping_result(self.start_ping(100, 100, addr=addr))
             self.assertEqual(r['lost'], 0,

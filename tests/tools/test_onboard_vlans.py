@@ -13,12 +13,10 @@ port's VLANs.  Prints TAP.
 """
 
 import json
-import os
-import sys
 import unittest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from tap_transfer import onboard  # noqa: E402  pylint: disable=C0413
+import taptest
+from tap_transfer import onboard  # pylint: disable=wrong-import-order
 
 
 class FakeBridge:
@@ -109,7 +107,8 @@ class OnboardVlans(unittest.TestCase):
         self.assertEqual(onboard.bridge_vlans(1, 'tap0'),
                          [(1, 1, False, True), (10, 10, True, True),
                           (20, 22, False, False)])
-        self.assertEqual(onboard.bridge_vlans(1, 'tap1'), [(30, 30, True, True)])
+        self.assertEqual(onboard.bridge_vlans(1, 'tap1'),
+                         [(30, 30, True, True)])
         self.assertEqual(onboard.bridge_vlans(1, 'tap2'), [])
 
     def test_copy(self):
@@ -162,30 +161,5 @@ class OnboardVlans(unittest.TestCase):
         self.assertIsNone(self.read_tap(0))
 
 
-class TapResult(unittest.TextTestResult):
-    """unittest's result, printed as TAP for meson"""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.n = 0
-
-    def addSuccess(self, test):
-        self.n += 1
-        print(f'ok {self.n} {test.id()}', flush=True)
-
-    def _fail(self, test, err):
-        self.n += 1
-        print(f'not ok {self.n} {test.id()}', flush=True)
-        for line in self._exc_info_to_string(err, test).splitlines():
-            print(f'# {line}')
-
-    addFailure = addError = _fail
-
-
 if __name__ == '__main__':
-    suite = unittest.defaultTestLoader.loadTestsFromTestCase(OnboardVlans)
-    print(f'1..{suite.countTestCases()}', flush=True)
-    with open(os.devnull, 'w') as devnull:
-        result = unittest.TextTestRunner(stream=devnull,
-                                         resultclass=TapResult).run(suite)
-    sys.exit(0 if result.wasSuccessful() else 1)
+    taptest.main(OnboardVlans)

@@ -29,10 +29,14 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import struct
 import subprocess
 import time
+
+from .cmdline import Opt
+from .procfs import fd_ifname, tap_fds
 
 TUNSETIFF = 0x400454ca
 TUNSETPERSIST = 0x400454cb
@@ -228,72 +232,17 @@ class SourceTap:
         self.attrs = attrs
 
 
-def parse_opts(text):
-    """QEMU's key=value,... with ',,' for a comma, the first bare word
-    being the type; or the JSON form"""
-    if text.lstrip().startswith('{'):
-        try:
-            obj = json.loads(text)
-        except ValueError:
-            return {}
-        out = {}
-        for k, v in obj.items():
-            if isinstance(v, bool):
-                v = 'on' if v else 'off'
-            out[k] = str(v)
-        return out
-    parts, cur, i = [], '', 0
-    while i < len(text):
-        if text[i] == ',':
-            if text[i + 1:i + 2] == ',':
-                cur += ','
-                i += 2
-                continue
-            parts.append(cur)
-            cur = ''
-        else:
-            cur += text[i]
-        i += 1
-    parts.append(cur)
-    opts = {}
-    for n, p in enumerate(parts):
-        if '=' in p:
-            k, v = p.split('=', 1)
-            opts[k] = v
-        elif n == 0:
-            opts['type'] = p
-        else:
-            opts[p] = 'on'
-    return opts
-
-
-def fd_ifname(pid, fd):
-    """The TAP an fd of process @pid is attached to (fdinfo's iff:), or
-    None for anything else"""
-    try:
-        with open(f'/proc/{pid}/fdinfo/{fd}') as f:
-            m = re.search(r'^iff:\s*(\S+)', f.read(), re.M)
-    except OSError:
-        return None
-    return m.group(1) if m else None
-
-
 def tap_fds_of(pid):
     """{ifname: [fd, ...]} over every fd of @pid attached to a TUN/TAP"""
-    out = {}
-    for fd in os.listdir(f'/proc/{pid}/fd'):
-        name = fd_ifname(pid, fd)
-        if name:
-            out.setdefault(name, []).append(int(fd))
-    return out
+    return tap_fds(pid)
 
 
 def _netdev_args(argv):
-    """(option, value) of each -netdev/-nic/-net in @argv"""
+    """(option, Opt) of each -netdev/-nic/-net in @argv"""
     out = []
     for i, a in enumerate(argv[:-1]):
         if a.lstrip('-') in ('netdev', 'nic', 'net') and a.startswith('-'):
-            out.append((a.lstrip('-'), argv[i + 1]))
+            out.append((a.lstrip('-'), Opt(a.lstrip('-'), argv[i + 1])))
     return out
 
 
@@ -306,8 +255,8 @@ def source_taps(pid, argv, fdsets=None):
     fdsets = fdsets or {}
     taps, unresolved = [], []
     by_name = tap_fds_of(pid)
-    for opt, value in _netdev_args(argv):
-        o = parse_opts(value)
+    for opt, o in _netdev_args(argv):
+        value = o.value
         if o.get('type') not in ('tap', 'bridge'):
             if o.get('type') == 'vhost-user':
                 raise OnboardError(f"-{opt} {o.get('id', '')}: vhost-user "
@@ -316,7 +265,7 @@ def source_taps(pid, argv, fdsets=None):
         if opt != 'netdev':
             raise OnboardError(f'-{opt} {value}: only -netdev tap is '
                                'onboarded; -nic/-net tap are not')
-        if o['type'] == 'bridge':
+        if o.get('type') == 'bridge':
             raise OnboardError(f"-netdev bridge,id={o.get('id')}: the "
                                'bridge helper is not onboarded')
         if o.get('vhostfd') or o.get('vhostfds'):
@@ -337,6 +286,9 @@ def source_taps(pid, argv, fdsets=None):
                 fds = None
                 break
         ifname = o.get('ifname')
+        if ifname and ifname not in by_name:
+            raise OnboardError(f"-netdev tap,id={o.get('id')}: ifname="
+                               f'{ifname} is not a TAP this QEMU holds open')
         if not ifname and fds:
             names = {fd_ifname(pid, fd) for fd in fds}
             if None in names or len(names) != 1:
@@ -499,8 +451,8 @@ def destination_netdev(src, fds, prefix=''):
     fds = [str(f) for f in fds]
     opts.append(f"fds={':'.join(fds)}" if len(fds) > 1 else f'fd={fds[0]}')
     for key in ('sndbuf', 'vhost', 'vhostforce', 'poll-us'):
-        if key in src.options:
-            opts.append(f'{key}={src.options[key]}')
+        if src.options.get(key) is not None:
+            opts.append(f'{key}={src.options.get(key)}')
     return prefix + ','.join(opts)
 
 
@@ -624,11 +576,58 @@ class FdbSteer:
         self.sock.close()
 
 
+def not_carried(pid, ifname, attrs):
+    """What refers to TAP @ifname by its name or port and would not
+    follow a new TAP: [one line each]"""
+    out = []
+    slave = link(pid, ifname).get('linkinfo', {}).get('info_slave_data', {})
+    out += [f'bridge port option {k} on' for k in ('locked', 'mab')
+            if slave.get(k)]
+    fdb = json.loads(_in_netns(pid, 'bridge', '-j', 'fdb', 'show', 'brport',
+                               ifname, check=False) or '[]')
+    own = (attrs.address or '').lower()
+    static = sorted({e['mac'] for e in fdb if e.get('mac', '').lower() != own
+                     and e.get('state') in ('static', 'permanent')})
+    if static:
+        out.append(f'static FDB entries {", ".join(static)}')
+    for where in ('ingress', 'egress'):
+        if _in_netns(pid, 'tc', 'filter', 'show', 'dev', ifname, where,
+                     check=False).strip():
+            out.append(f'tc filters ({where})')
+    if shutil.which('nft'):
+        rules = _in_netns(pid, 'nft', 'list', 'ruleset', check=False)
+        if f'"{ifname}"' in rules:
+            out.append('nftables rules matching its name')
+    for tool in ('iptables-legacy-save', 'ip6tables-legacy-save',
+                 'ebtables-legacy-save'):
+        if shutil.which(tool):
+            rules = _in_netns(pid, tool, check=False)
+            if re.search(rf'(-[io]|--physdev-(in|out)|--logical-(in|out)) '
+                         rf'{re.escape(ifname)}\b', rules):
+                out.append(f'{tool.split("-")[0]} rules matching its name')
+    return out
+
+
+def undo_from_journal(pid, ob, log):
+    """Recovery: the bridge's entries for the guest back to the old TAPs,
+    the new TAPs gone (they go by themselves when no QEMU holds them)"""
+    for nd, ifname in ob.get('new', {}).items():
+        if link(pid, ifname) is not None:
+            _in_netns(pid, 'ip', 'link', 'del', 'dev', ifname, check=False)
+            log(f'netdev {nd}: new TAP {ifname} removed')
+    if not ob.get('switched'):
+        return
+    for nd, old in ob.get('old', {}).items():
+        for mac, vlan in ob.get('macs', {}).get(nd, []):
+            args = ['bridge', 'fdb', 'replace', mac, 'dev', old, 'master']
+            args += ['vlan', str(vlan)] if vlan else []
+            _in_netns(pid, *args, check=False)
+        log(f'netdev {nd}: the guest\'s addresses point at {old} again')
+
+
 def _rtattr(kind, data):
     pad = (4 - len(data) % 4) % 4
     return struct.pack('=HH', 4 + len(data), kind) + data + b'\0' * pad
-
-
 
 
 class Onboarding:
@@ -646,15 +645,31 @@ class Onboarding:
 
     All TAPs live in @pid's (the source QEMU's) network namespace."""
 
-    def __init__(self, pid, argv, fdsets=None, log=None):
+    def __init__(self, pid, argv, fdsets=None, log=None, force=False):
         self.log = log or (lambda msg: None)
         self.taps = source_taps(pid, argv, fdsets)
+        self.not_carried = [f'{t.ifname}: {what}' for t in self.taps
+                            for what in not_carried(pid, t.ifname,
+                                                    t.attrs)]
+        if self.not_carried and not force:
+            raise OnboardError(
+                'what refers to the old TAP would not follow the new one: '
+                f'{"; ".join(self.not_carried)} (--force goes on without '
+                'it)')
         # the namespace outlives the source: the rename comes after it
         self.pid, self._ns_fd = netns_handle(pid)
         self.new = {}
         self.steers = []
         self.switched = False
         self.counters = {}
+
+    def journal(self):
+        """What recovery needs to undo this onboarding"""
+        return {'old': {t.id: t.ifname for t in self.taps},
+                'new': {i: n.ifname for i, n in self.new.items()},
+                'macs': {t.id: s.macs for t, s in zip(self.taps,
+                                                      self.steers)},
+                'switched': self.switched}
 
     def ids(self):
         return [t.id for t in self.taps]

@@ -1,0 +1,370 @@
+#!/usr/bin/python3
+"""make bench SCALE=1: how the handover's cost grows, on the lab's real
+guest (TCG), each point --runs times (min / median / max):
+
+- fds: the guest's outage (the source's stop to the destination running,
+  from both QEMUs' trace timestamps, in microseconds) and QEMU's
+  migration total, with backend-transfer on (the same TAPs handed over)
+  and off (the destination's own new TAPs: today's practice), for 1, 4,
+  16, 64 and 256 TAP fds (NICs x queues); the slope fitted to the
+  points with it on, in microseconds per fd;
+- RAM: the outage for 128 MiB to 8 GiB of RAM, shared (a file in
+  /dev/shm, x-ignore-shared: only device state moves) and copied (for
+  reference, up to what this machine holds);
+- VMs per host: 1, 2, 4 and 8 daemonized VMs upgraded by one
+  tap-transfer-upgrade with --parallel 1, 2 and 4: the whole command and
+  each VM's downtime plus the time the command kept it stopped;
+- the command's phases (its --json phases_ms), one VM.
+
+Writes results.json and the tables (reStructuredText) to --out, and the
+figures as PNGs to --figures."""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+import ttlab
+
+TRACE = ['vmstate_downtime_checkpoint', 'vm_state_notify']
+FDS = ((1, 1), (1, 4), (4, 4), (4, 16), (4, 64))     # NICs x queues
+RAM_MB = (128, 512, 2048, 8192)
+FLEET = ((1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (4, 4), (8, 1), (8, 2),
+         (8, 4))
+FD_GOAL_US = 20
+
+
+def outage_us(src, dst):
+    """The source's stop to the destination running, from the trace
+    timestamps of both QEMUs (wall clock, microseconds)"""
+    stop = next((ts for ts, _, rest in src.read_trace()
+                 if rest == 'src-downtime-start'), None)
+    run = [ts for ts, name, rest in dst.read_trace()
+           if name == 'vm_state_notify' and rest.startswith('running 1')]
+    if stop is None or not run:
+        return None
+    return round((run[0] - stop) * 1e6)
+
+
+def hops(lab, vm, netdevs, transfer, runs, **kw):
+    """@runs migrations of @vm, ping-pong, the destination on
+    netdevs[i % 2]; [{outage_us, downtime_ms, total_ms}] and the VM"""
+    out = []
+    for i in range(runs):
+        dst, st = lab.migrate(vm, netdevs[i % len(netdevs)],
+                              transfer=transfer, trace=TRACE, **kw)
+        out.append({'outage_us': outage_us(vm, dst),
+                    'downtime_ms': st['downtime_ms'],
+                    'total_ms': st['total_ms']})
+        lab.retire(vm)
+        vm = dst
+    return out, vm
+
+
+def fd_sweep(args):
+    points = []
+    for nics, queues in FDS:
+        with ttlab.Lab(args.qemu, args.guest, shared_ram=True) as lab:
+            net = (f'tap-transfer,ifname=t%s%%d,queues={queues},'
+                   f'script={lab.ifup},downscript=no')
+            opts = f',mq=on,vectors={2 * queues + 2}' if queues > 1 else ''
+            kw = {'nics': nics, 'device_opts': opts}
+            vm = lab.boot(net % 'a', timeout=300, trace=TRACE, **kw)
+            on, vm = hops(lab, vm, [net % 'a'], True, args.runs, **kw)
+            # today's practice: each destination on TAPs of its own
+            off, vm = hops(lab, vm, [net % 'b', net % 'a'], False,
+                           args.runs, **kw)
+        p = {'fds': nics * queues, 'nics': nics, 'queues': queues,
+             'on': on, 'off': off}
+        print(f"fds {p['fds']}: outage us on {mmm(on, 'outage_us')}, off "
+              f"{mmm(off, 'outage_us')}", flush=True)
+        points.append(p)
+    # least squares on the medians with backend-transfer on
+    xs = [p['fds'] for p in points]
+    ys = [med(p['on'], 'outage_us') for p in points]
+    n, sx, sy = len(xs), sum(xs), sum(ys)
+    sxx, sxy = sum(x * x for x in xs), sum(x * y for x, y in zip(xs, ys))
+    slope = (n * sxy - sx * sy) / (n * sxx - sx * sx)
+    icpt = (sy - slope * sx) / n
+    worst = max(y / (icpt + slope * x) for x, y in zip(xs, ys))
+    return {'points': points, 'slope_us_per_fd': round(slope, 2),
+            'intercept_us': round(icpt), 'worst_over_fit': round(worst, 2)}
+
+
+def ram_sweep(args):
+    points = []
+    avail = ttlab_meminfo('MemAvailable')
+    shm = os.statvfs('/dev/shm')
+    shm_free = shm.f_bavail * shm.f_frsize
+    for shared in (True, False):
+        for mb in RAM_MB:
+            # a copy needs room for both QEMUs' RAM; shared RAM, the file
+            need = (mb << 20) * (1 if shared else 2) + (2 << 30)
+            if need > avail or (shared and (mb << 20) > shm_free):
+                print(f'RAM {mb} MiB {"shared" if shared else "copied"}: '
+                      'skipped, does not fit', flush=True)
+                continue
+            with ttlab.Lab(args.qemu, args.guest, mem=mb,
+                           shared_ram=shared) as lab:
+                net = (f'tap-transfer,ifname=tr0,script={lab.ifup},'
+                       'downscript=no')
+                vm = lab.boot(net, timeout=300, trace=TRACE)
+                runs, vm = hops(lab, vm, [net], True, args.runs)
+            points.append({'mb': mb, 'shared': shared, 'runs': runs})
+            print(f'RAM {mb} MiB {"shared" if shared else "copied"}: outage '
+                  f"us {mmm(runs, 'outage_us')}, total ms "
+                  f"{mmm(runs, 'total_ms')}", flush=True)
+    return points
+
+
+def ttlab_meminfo(field):
+    with open('/proc/meminfo') as f:
+        for line in f:
+            k, _, v = line.partition(':')
+            if k == field:
+                return int(v.split()[0]) << 10
+    return 0
+
+
+def fleet_sweep(args):
+    to = args.upgrade_to or args.qemu
+    env = dict(os.environ,
+               TAP_TRANSFER_QEMU_PYTHON=ttlab.qemu_python(args.qemu))
+    points = []
+    with ttlab.Lab(args.qemu, args.guest) as lab:
+        vms = []
+        for i in range(max(n for n, _ in FLEET)):
+            netdev = (f'tap-transfer,ifname=tf{i},script={lab.ifup},'
+                      'downscript=no')
+            vms.append(lab.start_daemon(
+                f'vm{i}', netdev, addr=f'10.0.0.{i + 2}',
+                mac=ttlab.GUEST_MAC[:-2] + f'{0x56 + i:02x}'))
+        for vm in vms:
+            vm.wait_serial('tap-transfer guest ready')
+        targets = [os.path.abspath(to), os.path.abspath(args.qemu)]
+        hop = 0
+        for nvms, parallel in FLEET:
+            runs = []
+            for _ in range(args.runs):
+                qmp = [a for vm in vms[:nvms] for a in ('--qmp', vm.qmp_path)]
+                t0 = time.monotonic()
+                r = subprocess.run([ttlab.UPGRADE_TOOL, *qmp, '--to',
+                                    targets[hop % 2], '--parallel',
+                                    str(parallel), '--json', '--quiet'],
+                                   stdout=subprocess.PIPE, text=True,
+                                   env=env, check=False)
+                seconds = time.monotonic() - t0
+                report = json.loads(r.stdout)
+                reports = report.get('reports', [report])
+                if r.returncode or not all(x['ok'] for x in reports):
+                    raise ttlab.LabError('tap-transfer-upgrade failed: ' +
+                                         '; '.join(str(x.get('error'))
+                                                   for x in reports))
+                runs.append({'seconds': round(seconds, 3),
+                             'vms': [{'downtime_ms': x['downtime_ms'],
+                                      'stopped_ms':
+                                      x.get('stopped_after_migration_ms'),
+                                      'command_ms': x['command_ms'],
+                                      'phases_ms': x['phases_ms']}
+                                     for x in reports]})
+                # VMs not in this run stay where they were: move those
+                # that are on the other binary along, off the clock
+                hop += 1
+                if nvms < len(vms):
+                    rest = [a for vm in vms[nvms:]
+                            for a in ('--qmp', vm.qmp_path)]
+                    subprocess.run([ttlab.UPGRADE_TOOL, *rest, '--to',
+                                    targets[(hop - 1) % 2], '--parallel',
+                                    '4', '--quiet'], env=env,
+                                   stdout=subprocess.DEVNULL, check=True)
+            points.append({'vms': nvms, 'parallel': parallel, 'runs': runs})
+            print(f"{nvms} VMs --parallel {parallel}: "
+                  f"{mmm(runs, 'seconds')} s, downtime ms "
+                  f"{mmm([v for r in runs for v in r['vms']], 'downtime_ms')}",
+                  flush=True)
+    return points
+
+
+def med(rows, key):
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def mmm(rows, key):
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    if not vals:
+        return 'n/a'
+    return (f'{min(vals):g} / {statistics.median(vals):g} / '
+            f'{max(vals):g}')
+
+
+def tables(res):
+    fd = res['fds']
+    out = ['.. list-table:: Outage (us) and migration total (ms) against '
+           'the TAP fds handed over, min / median / max',
+           '   :header-rows: 1', '',
+           '   * - fds (NICs x queues)', '     - outage, backend-transfer on',
+           '     - outage, off (new TAPs)', '     - total ms, on',
+           '     - total ms, off']
+    for p in fd['points']:
+        out += [f"   * - {p['fds']} ({p['nics']} x {p['queues']})",
+                f"     - {mmm(p['on'], 'outage_us')}",
+                f"     - {mmm(p['off'], 'outage_us')}",
+                f"     - {mmm(p['on'], 'total_ms')}",
+                f"     - {mmm(p['off'], 'total_ms')}"]
+    out += ['', f"Fit, backend-transfer on: {fd['intercept_us']} us + "
+            f"{fd['slope_us_per_fd']} us per fd; the worst point is "
+            f"{fd['worst_over_fit']} x the fit (goal: at most "
+            f'{FD_GOAL_US} us per fd, no point above 2 x).', '',
+            '.. list-table:: Outage (us) and migration total (ms) against '
+            'RAM size, min / median / max',
+            '   :header-rows: 1', '',
+            '   * - RAM', '     - outage', '     - total ms']
+    for p in res['ram']:
+        out += [f"   * - {p['mb']} MiB, {'shared' if p['shared'] else 'copied'}",
+                f"     - {mmm(p['runs'], 'outage_us')}",
+                f"     - {mmm(p['runs'], 'total_ms')}"]
+    out += ['', '.. list-table:: VMs per host: one tap-transfer-upgrade '
+            'for all, min / median / max',
+            '   :header-rows: 1', '',
+            '   * - VMs', '     - --parallel', '     - whole command s',
+            '     - each VM\'s downtime ms',
+            '     - each VM\'s stop after the migration ms']
+    for p in res['fleet']:
+        vms = [v for r in p['runs'] for v in r['vms']]
+        out += [f"   * - {p['vms']}", f"     - {p['parallel']}",
+                f"     - {mmm(p['runs'], 'seconds')}",
+                f"     - {mmm(vms, 'downtime_ms')}",
+                f"     - {mmm(vms, 'stopped_ms')}"]
+    phases = res['phases']
+    out += ['', '.. list-table:: The command\'s phases, one VM, median ms',
+            '   :header-rows: 1', '', '   * - phase', '     - ms']
+    for k, v in phases.items():
+        out += [f'   * - {k}', f'     - {v:g}']
+    return '\n'.join(out) + '\n'
+
+
+def phases(res):
+    one = next(p for p in res['fleet'] if p['vms'] == 1)
+    vms = [v for r in one['runs'] for v in r['vms']]
+    out = {}
+    for k in vms[0]['phases_ms']:
+        out[k] = round(statistics.median(v['phases_ms'].get(k, 0)
+                                         for v in vms), 1)
+    out['command'] = round(statistics.median(v['command_ms'] for v in vms),
+                           1)
+    out['command without the destination\'s start and the migration'] = \
+        round(statistics.median(
+            v['command_ms'] - v['phases_ms'].get('destination', 0) -
+            v['phases_ms'].get('migrate', 0) for v in vms), 1)
+    return out
+
+
+def gnuplot(script):
+    subprocess.run(['gnuplot'], input='\n'.join(script), text=True,
+                   check=True)
+
+
+def figures(res, outdir, figdir):
+    os.makedirs(figdir, exist_ok=True)
+    fd = res['fds']
+    dat = os.path.join(outdir, 'fds.dat')
+    with open(dat, 'w') as f:
+        for p in fd['points']:
+            f.write(f"{p['fds']} {med(p['on'], 'outage_us')} "
+                    f"{med(p['off'], 'outage_us')}\n")
+    a, b = fd['intercept_us'], fd['slope_us_per_fd']
+    term = 'set terminal pngcairo size 900,560 font ",10"'
+    gnuplot([term, f"set output '{figdir}/scale-fds.png'",
+             "set title 'guest outage against TAP fds handed over (median)'",
+             "set xlabel 'TAP fds (NICs x queues)'", "set ylabel 'us'",
+             'set logscale x 2', 'set grid', 'set key top left',
+             f"plot '{dat}' using 1:2 with linespoints pt 7 title "
+             "'backend-transfer on', "
+             f"'{dat}' using 1:3 with linespoints pt 5 title "
+             "'off: new TAPs (today)', "
+             f"{a} + {b} * x with lines dt 2 title 'fit: {a} + {b} us/fd', "
+             f"{a} + {FD_GOAL_US} * x with lines dt 3 lc rgb 'red' title "
+             f"'goal: {FD_GOAL_US} us/fd'"])
+    for shared in (True, False):
+        with open(os.path.join(outdir, f'ram-{shared}.dat'), 'w') as f:
+            for p in res['ram']:
+                if p['shared'] == shared:
+                    f.write(f"{p['mb']} {med(p['runs'], 'outage_us')}\n")
+    base = next((med(p['runs'], 'outage_us') for p in res['ram']
+                 if p['shared'] and p['mb'] == 128), 0)
+    gnuplot([term, f"set output '{figdir}/scale-ram.png'",
+             "set title 'guest outage against RAM size (median)'",
+             "set xlabel 'MiB'", "set ylabel 'us'", 'set logscale xy 2',
+             'set grid', 'set key top left',
+             f"plot '{outdir}/ram-True.dat' with linespoints pt 7 title "
+             "'shared (x-ignore-shared)', "
+             f"'{outdir}/ram-False.dat' with linespoints pt 5 title "
+             "'copied', "
+             f"{base + 1000} with lines dt 3 lc rgb 'red' title "
+             "'goal: 128 MiB + 1 ms (shared)'"])
+    single = statistics.median(
+        v['downtime_ms'] for p in res['fleet'] if p['vms'] == 1
+        for r in p['runs'] for v in r['vms'])
+    plots = []
+    for par in (1, 2, 4):
+        path = os.path.join(outdir, f'fleet-{par}.dat')
+        with open(path, 'w') as f:
+            for p in res['fleet']:
+                if p['parallel'] == par:
+                    vms = [v for r in p['runs'] for v in r['vms']]
+                    f.write(f"{p['vms']} {med(vms, 'downtime_ms')} "
+                            f"{max(v['downtime_ms'] for v in vms)}\n")
+        plots.append(f"'{path}' using 1:3 with linespoints title "
+                     f"'--parallel {par}: worst VM'")
+    plots.append(f"{2 * single} with lines dt 3 lc rgb 'red' title "
+                 "'goal: 2 x one VM alone (median)'")
+    gnuplot([term, f"set output '{figdir}/scale-vms.png'",
+             "set title 'each VM\\'s downtime against VMs upgraded by one "
+             "command'", "set xlabel 'VMs'", "set ylabel 'ms'",
+             'set grid', 'set key top left', 'plot ' + ', '.join(plots)])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument('--qemu', required=True)
+    ap.add_argument('--guest', required=True)
+    ap.add_argument('--upgrade-to', metavar='QEMU')
+    ap.add_argument('--runs', type=int, default=5)
+    ap.add_argument('--out', default='build/bench/scale')
+    ap.add_argument('--figures', default='docs/devel/figures')
+    ap.add_argument('--only', choices=['fds', 'ram', 'fleet'],
+                    action='append')
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.monotonic()
+    only = args.only or ['fds', 'ram', 'fleet']
+    res = {'date': datetime.date.today().isoformat(),
+           'machine': f'{platform.node()}, {os.cpu_count()} cores, '
+                      f'{ttlab_meminfo("MemTotal") >> 30} GiB, guest under '
+                      'TCG',
+           'runs': args.runs}
+    if 'fds' in only:
+        res['fds'] = fd_sweep(args)
+    if 'ram' in only:
+        res['ram'] = ram_sweep(args)
+    if 'fleet' in only:
+        res['fleet'] = fleet_sweep(args)
+        res['phases'] = phases(res)
+    res['seconds'] = round(time.monotonic() - t0)
+    with open(os.path.join(args.out, 'results.json'), 'w') as f:
+        json.dump(res, f, indent=1)
+    if len(only) == 3:
+        with open(os.path.join(args.out, 'tables.rst'), 'w') as f:
+            f.write(tables(res))
+        figures(res, args.out, args.figures)
+        print(tables(res))
+    print(f"sweep: {res['seconds']} s; {args.out}/results.json")
+
+
+if __name__ == '__main__':
+    ttlab.run_main(main, 'scale')

@@ -1,0 +1,114 @@
+"""QMP connections, on QEMU's own QEMUMonitorProtocol (python/qemu/qmp,
+from the QEMU tree the command was installed with).
+
+A Monitor knows the pid at the other end of its socket (SO_PEERCRED,
+before any QMP is spoken) and turns every way a QMP exchange can fail
+into two exceptions: CommandError (QEMU answered with an error) and
+MonitorGone (no answer: the peer is gone, hung up or too slow)."""
+
+import asyncio
+import select
+import socket
+
+from qemu.qmp import ExecuteError, QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .procfs import peer_pid
+
+
+class MonitorGone(Exception):
+    """The QMP peer did not answer"""
+
+
+class CommandError(Exception):
+    """QEMU answered a command with an error"""
+
+    def __init__(self, command, desc):
+        super().__init__(f'{command}: {desc}')
+        self.command = command
+        self.desc = desc
+
+
+class Monitor:
+    """One QMP connection."""
+
+    def __init__(self, path, sock, qmp, pid):
+        self.path = path
+        self.sock = sock
+        self.qmp = qmp
+        self.pid = pid
+
+    @classmethod
+    def connect(cls, path, timeout):
+        """Connect to the QMP server socket at @path.  The greeting must
+        come within @timeout: a monitor that has another client does
+        not accept a second one."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            pid = peer_pid(sock)
+            if not select.select([sock], [], [], timeout)[0]:
+                raise MonitorGone(f'{path}: no QMP greeting in {timeout} s '
+                                  '(another client holds the monitor?)')
+            qmp = QEMUMonitorProtocol(sock)
+            qmp.settimeout(timeout)
+            qmp.connect()
+        except (OSError, QMPError, asyncio.TimeoutError, EOFError) as e:
+            sock.close()
+            raise MonitorGone(f'{path}: {e}') from e
+        except BaseException:
+            sock.close()
+            raise
+        return cls(path, sock, qmp, pid)
+
+    @classmethod
+    def peer(cls, path, timeout):
+        """The pid listening on @path, without speaking QMP"""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            return peer_pid(sock)
+        finally:
+            sock.close()
+
+    def cmd(self, name, **args):
+        try:
+            return self.qmp.cmd(name, **args)
+        except ExecuteError as e:
+            raise CommandError(name, e.error.desc) from e
+        except (QMPError, OSError, asyncio.TimeoutError, EOFError) as e:
+            raise MonitorGone(f'{self.path}: {name}: '
+                              f'{e or type(e).__name__}') from e
+
+    def try_cmd(self, name, **args):
+        """cmd(), or None when it fails in any way"""
+        try:
+            return self.cmd(name, **args)
+        except (CommandError, MonitorGone):
+            return None
+
+    def send_fd(self, fd, name):
+        """Give QEMU @fd under @name (SCM_RIGHTS, then getfd)"""
+        try:
+            self.qmp.send_fd_scm(fd)
+        except (QMPError, OSError) as e:
+            raise MonitorGone(f'{self.path}: passing an fd: {e}') from e
+        self.cmd('getfd', fdname=name)
+
+    def event(self, timeout):
+        """The next event, or None after @timeout seconds"""
+        try:
+            return self.qmp.pull_event(wait=float(timeout))
+        except asyncio.TimeoutError:
+            return None
+        except (QMPError, OSError, EOFError) as e:
+            raise MonitorGone(f'{self.path}: {e}') from e
+
+    def close(self):
+        try:
+            self.qmp.close()
+        except Exception:       # pylint: disable=broad-except
+            pass
+        self.sock.close()
