@@ -34,7 +34,7 @@ QEMU_VERSIONS ?= 10.0,10.2
 QEMU_VERSION ?= 10.0
 MESON ?= meson
 
-.PHONY: all deps setup build guest check check-fleet demo bench soak install deb clean
+.PHONY: all deps setup build guest check check-fleet demo bench soak stress-refusal install deb clean
 
 all: build
 
@@ -113,6 +113,15 @@ N ?= 200
 soak: build guest
 	scripts/lab/soak.py --qemu $(QEMU_BIN) --guest "$$(scripts/lab/guest/build-guest.sh)" \
 	    --n $(N) --out $(BUILD)/soak
+
+# The refused handover that once aborted its source (issue 27), N times
+# (200) on each series in QEMU_VERSIONS, on the ASan + UBSan build with
+# every core kept busy; logs of failed runs in build-sanitize/stress-refusal/
+comma := ,
+stress-refusal:
+	$(MAKE) build SANITIZE=1
+	scripts/pipeline/stress-refusal.sh build-sanitize $(N) \
+	    $(subst $(comma), ,$(QEMU_VERSIONS))
 
 # Each QEMU series under its own prefix: $(PREFIX)/qemu-10.0, ...; the
 # upgrade command in $(PREFIX)/bin

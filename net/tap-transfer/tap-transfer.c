@@ -26,6 +26,7 @@
 #include <sys/sysmacros.h>
 #include <net/if.h>
 #include <linux/major.h>
+#include <poll.h>
 #include "qapi/error.h"
 #include "qapi/clone-visitor.h"
 #include "qapi/qapi-visit-net.h"
@@ -34,6 +35,7 @@
 #include "qemu/cutils.h"
 #include "qemu/error-report.h"
 #include "qemu/module.h"
+#include "qemu/sockets.h"
 #include "qemu/queue.h"
 #include "qom/object.h"
 #include "hw/vmstate-if.h"
@@ -43,6 +45,7 @@
 #include "migration/misc.h"
 #include "migration/register.h"
 #include "migration/vmstate.h"
+#include "migration/qemu-file.h"
 #include "net/net.h"
 #include "net/queue.h"
 #include "net/tap.h"
@@ -50,6 +53,7 @@
 #include "net/tap-linux.h"
 #include "net/tap-transfer-compat.h"
 #include "net/vhost_net.h"
+#include "system/qtest.h"
 #include "system/runstate.h"
 #include "trace.h"
 
@@ -836,6 +840,77 @@ fail:
 }
 
 /*
+ * Tests only: pause points in the section's save.
+ *
+ * A test that plays the destination must be able to hang up, or refuse
+ * on the return path, at a given place inside this section: before,
+ * between and after the fds.  Under qtest, with TAP_TRANSFER_TEST_PAUSE
+ * naming a UNIX socket, the save stops at each pause point: it flushes
+ * what it has written, so that the peer has all of it, writes the
+ * point's name and a newline on a new connection to that socket, and
+ * goes on when it reads a byte back (or after a minute without one).
+ * The points are fields of no size that exist only then: the stream is
+ * the same, byte for byte, and a destination has them never.
+ */
+#define TAP_TRANSFER_PAUSE_TIMEOUT_MS (60 * 1000)
+
+static const char *tap_transfer_pause_socket(void)
+{
+    return qtest_enabled() ? g_getenv("TAP_TRANSFER_TEST_PAUSE") : NULL;
+}
+
+static bool tap_transfer_pausing(void *opaque, int version_id)
+{
+    return tap_transfer_pause_socket() != NULL;
+}
+
+static int tap_transfer_pause_put(QEMUFile *f, void *pv, size_t size,
+                                  const VMStateField *field,
+                                  JSONWriter *vmdesc)
+{
+    g_autofree char *line = g_strdup_printf("%s\n", field->name);
+    struct pollfd pfd = { .events = POLLIN };
+    Error *err = NULL;
+    char go;
+
+    /* A failed stream stays failed: the flush is then a no-op */
+    qemu_fflush(f);
+    pfd.fd = unix_connect(tap_transfer_pause_socket(), &err);
+    if (pfd.fd < 0) {
+        warn_report_err(err);
+        return 0;
+    }
+    trace_tap_transfer_test_pause(field->name);
+    if (qemu_write_full(pfd.fd, line, strlen(line)) != strlen(line) ||
+        poll(&pfd, 1, TAP_TRANSFER_PAUSE_TIMEOUT_MS) != 1 ||
+        read(pfd.fd, &go, 1) != 1) {
+        warn_report("tap-transfer test pause %s: no answer", field->name);
+    }
+    close(pfd.fd);
+    trace_tap_transfer_test_resume(field->name);
+    return 0;
+}
+
+static int tap_transfer_pause_get(QEMUFile *f, void *pv, size_t size,
+                                  const VMStateField *field)
+{
+    return 0;
+}
+
+static const VMStateInfo tap_transfer_pause_info = {
+    .name = "tap-transfer-test-pause",
+    .get = tap_transfer_pause_get,
+    .put = tap_transfer_pause_put,
+};
+
+#define VMSTATE_TAP_TRANSFER_PAUSE(_point) {                         \
+    .name = (_point),                                                \
+    .field_exists = tap_transfer_pausing,                            \
+    .info = &tap_transfer_pause_info,                                \
+    .flags = VMS_SINGLE,                                             \
+}
+
+/*
  * fds and frames come only in a handover that both sides agreed on:
  * in any other stream they are refused before they are read.
  */
@@ -859,7 +934,9 @@ static const VMStateDescription vmstate_tap_transfer_queue = {
     .version_id = 1,
     .minimum_version_id = 1,
     .fields = (const VMStateField[]) {
+        VMSTATE_TAP_TRANSFER_PAUSE("fd-before"),
         VMSTATE_FD(fd, TapTransferQueue),
+        VMSTATE_TAP_TRANSFER_PAUSE("fd-after"),
         VMSTATE_BOOL(enabled, TapTransferQueue),
         VMSTATE_BOOL(using_vnet_hdr, TapTransferQueue),
         VMSTATE_UINT32(host_vnet_hdr_len, TapTransferQueue),
@@ -940,6 +1017,7 @@ static const VMStateDescription vmstate_tap_transfer_fds = {
     .needed = tap_transfer_fds_needed,
     .pre_load = tap_transfer_fds_pre_load,
     .fields = (const VMStateField[]) {
+        VMSTATE_TAP_TRANSFER_PAUSE("fds"),
         VMSTATE_BUFFER(stream_ifname, TapTransfer),
         VMSTATE_BOOL(stream_owns_downscript, TapTransfer),
         VMSTATE_INT32(stream_queues, TapTransfer),
@@ -948,6 +1026,7 @@ static const VMStateDescription vmstate_tap_transfer_fds = {
                                             stream_queues,
                                             vmstate_tap_transfer_queue,
                                             TapTransferQueue),
+        VMSTATE_TAP_TRANSFER_PAUSE("fds-end"),
         VMSTATE_END_OF_LIST()
     },
     .subsections = (const VMStateDescription * const []) {
@@ -1085,6 +1164,7 @@ static const VMStateDescription vmstate_tap_transfer = {
     .pre_load = tap_transfer_pre_load,
     .post_load = tap_transfer_post_load,
     .fields = (const VMStateField[]) {
+        VMSTATE_TAP_TRANSFER_PAUSE("section"),
         VMSTATE_UINT32(stream_id_len, TapTransfer),
         VMSTATE_VALIDATE("netdev id", tap_transfer_id_len_valid),
         VMSTATE_VBUFFER_ALLOC_UINT32(stream_id, TapTransfer, 0, NULL,

@@ -57,5 +57,5 @@ fi
 "$here/build-qemu.sh" "$tree" "$build" \
     qemu-system-x86_64 net-tap-transfer.so accel-qtest-x86_64.so \
     tests/qtest/virtio-net-migration-test tests/qtest/qos-test \
-    tests/qtest/modules-test tests/qtest/migration-test
+    tests/qtest/modules-test tests/qtest/migration-test tests/unit/test-vmstate
 touch "$stamp"

@@ -30,6 +30,7 @@ int main(int argc, char **argv)
     tap_transfer_add_refused_tests();
     tap_transfer_add_cross_version_tests();
     tap_transfer_add_hostile_stream_tests();
+    tap_transfer_add_hangup_tests();
     tap_transfer_add_qom_tests();
 
     ret = g_test_run();

@@ -258,6 +258,7 @@ void tap_transfer_add_management_tests(void);
 void tap_transfer_add_refused_tests(void);
 void tap_transfer_add_cross_version_tests(void);
 void tap_transfer_add_hostile_stream_tests(void);
+void tap_transfer_add_hangup_tests(void);
 void tap_transfer_add_qom_tests(void);
 
 /* Shared by two families */
