@@ -1460,6 +1460,12 @@ static int net_init_tap_transfer(const Netdev *netdev, const char *name,
     bool ok;
 
     assert(netdev->type == NET_CLIENT_DRIVER_TAP_TRANSFER);
+    /* Its sections would be missing from the stream, or added to it */
+    if (migration_is_running() || migration_incoming_is_running()) {
+        error_setg(errp, "netdev %s: a tap-transfer netdev cannot be added "
+                   "while migrating", name);
+        return -1;
+    }
     if (!tap_transfer_check_options(opts, peer, errp)) {
         return -1;
     }
@@ -1498,6 +1504,10 @@ static int net_init_tap_transfer(const Netdev *netdev, const char *name,
     }
     object_unref(OBJECT(s));
 
+    /* netdev_del waits for the end of a migration, which has our state */
+    for (uint32_t i = 0; i < s->queues; i++) {
+        s->ncs[i]->has_migration_state = true;
+    }
     s->cleanup.notify = tap_transfer_cleanup;
     tap_add_cleanup_notifier(s->ncs[0], &s->cleanup);
     trace_tap_transfer_init(name, s->queues,

@@ -262,31 +262,61 @@ static bool send_all(int sock, const uint8_t *data, size_t len, int fd)
     return true;
 }
 
-/* The stream, with each fd on the byte it came with */
-static void feed(const char *path, const GByteArray *stream)
+static int feed_connect(const char *path)
 {
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
-    size_t done = 0;
     int sock = socket(AF_UNIX, SOCK_STREAM, 0);
 
     g_assert_cmpint(sock, >=, 0);
     pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
     g_assert_cmpint(connect(sock, (struct sockaddr *)&sun, sizeof(sun)),
                     ==, 0);
-    for (int i = 0; i <= HOSTILE_QUEUES; i++) {
-        size_t upto = i < HOSTILE_QUEUES ? rec.fd_offset[i] : stream->len;
+    return sock;
+}
 
+/*
+ * Bytes @from to @to of the stream, each of @fds on the byte its queue's
+ * fd came with; false if the destination stopped reading
+ */
+static bool feed_fds(int sock, const GByteArray *stream, size_t from,
+                     size_t to, const int *fds)
+{
+    size_t done = from;
+
+    for (int i = 0; i <= HOSTILE_QUEUES; i++) {
+        size_t upto = i < HOSTILE_QUEUES ? rec.fd_offset[i] : to;
+
+        if (upto < done) {
+            continue;
+        }
+        upto = MIN(upto, to);
         if (!send_all(sock, stream->data + done, upto - done, -1)) {
-            break;
+            return false;
         }
         done = upto;
-        if (i < HOSTILE_QUEUES) {
-            if (!send_all(sock, stream->data + done, 1, rec.fds[i])) {
-                break;
+        if (i < HOSTILE_QUEUES && done == rec.fd_offset[i] && done < to) {
+            if (!send_all(sock, stream->data + done, 1, fds[i])) {
+                return false;
             }
             done++;
         }
     }
+    return true;
+}
+
+/* The same with the fds the stream was recorded with */
+static bool feed_part(int sock, const GByteArray *stream, size_t from,
+                      size_t to)
+{
+    return feed_fds(sock, stream, from, to, rec.fds);
+}
+
+/* The stream, with each fd on the byte it came with */
+static void feed(const char *path, const GByteArray *stream)
+{
+    int sock = feed_connect(path);
+
+    feed_part(sock, stream, 0, stream->len);
     close(sock);
 }
 
@@ -641,6 +671,53 @@ static void test_hostile_random(void)
                      RANDOM_MUTATIONS);
 }
 
+/*
+ * While the destination's load waits for the rest of the netdev's
+ * section, in the middle of its held frames, QMP runs: the netdev is
+ * neither deleted from under the load nor joined by another one.  The
+ * load then completes, and the TAP is adopted.
+ */
+static void test_hostile_netdev_del(void)
+{
+    g_autofree char *path = g_strdup_printf("%s/paused.sock", tmpdir);
+    g_autofree char *uri = g_strdup_printf("unix:%s", path);
+    g_autofree char *state = NULL;
+    const char *ungoals[] = { "failed", "completed", NULL };
+    QTestState *to;
+    int sock;
+
+    if (!hostile_ready()) {
+        return;
+    }
+    unlink(path);
+    to = start_qemu_as(NULL, HOSTILE_NETDEV, HOSTILE_QUEUES,
+                       HOSTILE_EXTRA " -incoming defer");
+    migrate_set_parameter_bool(to, "backend-transfer", true);
+    migrate_incoming_qmp(to, uri, NULL, "{}");
+    sock = feed_connect(path);
+    g_assert_true(feed_part(sock, rec.bytes, 0, rec.at.frame_size));
+    wait_for_migration_status(to, "active", ungoals);
+
+    assert_qmp_error(to, "netdev_del not allowed while migrating: netdev "
+                     "'n0' has migration state",
+                     "{ 'execute': 'netdev_del', 'arguments': "
+                     "{ 'id': 'n0' } }");
+    assert_qmp_error(to, "netdev n1: a tap-transfer netdev cannot be added "
+                     "while migrating",
+                     "{ 'execute': 'netdev_add', 'arguments':"
+                     " { 'type': 'tap-transfer', 'id': 'n1', 'ifname': 'tt5',"
+                     "   'script': 'no', 'downscript': 'no' } }");
+
+    g_assert_true(feed_part(sock, rec.bytes, rec.at.frame_size,
+                            rec.bytes->len));
+    close(sock);
+    wait_for_migration_status(to, "completed", NULL);
+    g_assert_cmpuint(count_tun_fds(qtest_pid(to)), ==, HOSTILE_QUEUES);
+    state = qom_get_str(to, "n0", "state");
+    g_assert_cmpstr(state, !=, "awaiting");
+    qtest_quit(to);
+}
+
 static void test_hostile_release(void)
 {
     if (!rec.bytes) {
@@ -664,6 +741,8 @@ void tap_transfer_add_hostile_stream_tests(void)
                    test_hostile_fields);
     qtest_add_func("/tap-transfer/hostile-stream/random",
                    test_hostile_random);
+    qtest_add_func("/tap-transfer/hostile-stream/netdev-del",
+                   test_hostile_netdev_del);
     qtest_add_func("/tap-transfer/hostile-stream/release",
                    test_hostile_release);
 }
