@@ -151,6 +151,8 @@ struct TapTransfer {
      */
     GQueue *held;
     bool *releasing;
+    /* Frames dropped rather than held or given to the NIC */
+    uint64_t frames_dropped;
 
     /* The migration stream */
     uint32_t stream_id_len;
@@ -206,14 +208,37 @@ static uint32_t tap_transfer_frames_held(TapTransfer *s)
     return n;
 }
 
+static void tap_transfer_count_drops(TapTransfer *s, uint32_t queue,
+                                     uint32_t frames, const char *why)
+{
+    if (frames) {
+        s->frames_dropped += frames;
+        trace_tap_transfer_drop(s->name, queue, frames, why);
+    }
+}
+
 static void tap_transfer_drop_held(TapTransfer *s, uint32_t queue,
                                    const char *why)
 {
-    if (!g_queue_is_empty(&s->held[queue])) {
-        trace_tap_transfer_drop(s->name, queue,
-                                g_queue_get_length(&s->held[queue]), why);
-        g_queue_clear_full(&s->held[queue], tap_transfer_frame_free);
+    tap_transfer_count_drops(s, queue, g_queue_get_length(&s->held[queue]),
+                             why);
+    g_queue_clear_full(&s->held[queue], tap_transfer_frame_free);
+}
+
+/*
+ * A queue holds no more frames than a destination takes for it: the
+ * oldest are kept, the others dropped.
+ */
+static void tap_transfer_bound_held(TapTransfer *s, uint32_t queue)
+{
+    uint32_t excess = 0;
+
+    while (g_queue_get_length(&s->held[queue]) >
+           TAP_TRANSFER_MAX_FRAMES_PER_QUEUE) {
+        tap_transfer_frame_free(g_queue_pop_tail(&s->held[queue]));
+        excess++;
     }
+    tap_transfer_count_drops(s, queue, excess, "more than a queue holds");
 }
 
 /*
@@ -416,14 +441,26 @@ typedef struct TapTransferTake {
     TapTransfer *s;
     uint32_t queue;
     GQueue taken;
+    uint32_t dropped;
 } TapTransferTake;
 
+/*
+ * tap.c is not the only sender on behalf of a TAP client: a filter on
+ * the netdev (filter-redirector with queue=tx) injects whatever its
+ * chardev says, a frame of 0 bytes included.  A frame that no
+ * destination would take is not held.
+ */
 static void tap_transfer_take_frame(const uint8_t *data, size_t size,
                                     void *opaque)
 {
     TapTransferTake *take = opaque;
-    TapTransferFrame *f = g_new0(TapTransferFrame, 1);
+    TapTransferFrame *f;
 
+    if (!size || size > NET_BUFSIZE) {
+        take->dropped++;
+        return;
+    }
+    f = g_new0(TapTransferFrame, 1);
     f->owner = take->s;
     f->queue = take->queue;
     f->size = size;
@@ -451,17 +488,20 @@ static void tap_transfer_hold_queued(TapTransfer *s)
             continue;
         }
         g_queue_init(&take.taken);
+        take.dropped = 0;
         qemu_net_queue_take(nc->peer->incoming_queue, nc,
                             tap_transfer_take_frame, &take);
+        tap_transfer_count_drops(s, take.queue, take.dropped,
+                                 "a frame no destination takes");
         while ((f = g_queue_pop_tail(&take.taken))) {
             g_queue_push_head(&s->held[take.queue], f);
         }
+        tap_transfer_bound_held(s, take.queue);
         /* Its completion was taken with it */
         s->releasing[take.queue] = false;
     }
-    if (tap_transfer_frames_held(s) > before) {
-        trace_tap_transfer_hold(s->name, tap_transfer_frames_held(s) - before,
-                                tap_transfer_frames_held(s));
+    if (tap_transfer_frames_held(s) != before) {
+        trace_tap_transfer_hold(s->name, before, tap_transfer_frames_held(s));
     }
 }
 
@@ -827,6 +867,10 @@ static int tap_transfer_post_load(void *opaque, int version_id)
         g_queue_push_tail(&s->held[f->queue], g_memdup2(f, sizeof(*f)));
         f->data = NULL;
     }
+    /* Their count was bounded for all queues together */
+    for (uint32_t i = 0; i < s->queues; i++) {
+        tap_transfer_bound_held(s, i);
+    }
     tap_transfer_discard_stream(s);
     return 0;
 
@@ -956,6 +1000,13 @@ static const VMStateDescription vmstate_tap_transfer_fds = {
     },
 };
 
+/*
+ * The validators of the frames run when the state is saved too, where
+ * a false result aborts QEMU (a VMSTATE_VALIDATE field must exist): the
+ * frames a source holds must pass them.  It holds none of 0 bytes or
+ * of more than NET_BUFSIZE, nor more than a queue's worth per queue
+ * (tap_transfer_take_frame(), tap_transfer_bound_held()).
+ */
 static bool tap_transfer_frame_queue_valid(void *opaque, int version_id)
 {
     TapTransferFrame *f = opaque;
@@ -1548,6 +1599,15 @@ static void tap_transfer_get_frames_held(Object *obj, Visitor *v,
     visit_type_uint32(v, name, &held, errp);
 }
 
+static void tap_transfer_get_frames_dropped(Object *obj, Visitor *v,
+                                            const char *name, void *opaque,
+                                            Error **errp)
+{
+    uint64_t dropped = TAP_TRANSFER(obj)->frames_dropped;
+
+    visit_type_uint64(v, name, &dropped, errp);
+}
+
 static char *tap_transfer_get_id(VMStateIf *obj)
 {
     return g_strdup_printf("netdev/%s", TAP_TRANSFER(obj)->name);
@@ -1606,6 +1666,11 @@ static void tap_transfer_class_init(ObjectClass *oc,
                               tap_transfer_get_frames_held, NULL, NULL, NULL);
     object_class_property_set_description(oc, "frames-held",
         "frames read from the TAP that wait for the guest");
+    object_class_property_add(oc, "frames-dropped", "uint64",
+                              tap_transfer_get_frames_dropped, NULL, NULL,
+                              NULL);
+    object_class_property_set_description(oc, "frames-dropped",
+        "frames this netdev dropped rather than hold or give to the NIC");
 }
 
 static const TypeInfo tap_transfer_info = {
