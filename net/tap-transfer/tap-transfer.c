@@ -539,7 +539,13 @@ static void tap_transfer_take_back(TapTransfer *s)
         }
     }
     tap_transfer_set_phase(s, s->phase_before_handover);
-    tap_transfer_arm_downscript(s, true);
+    /*
+     * A destination that has not run the VM goes back to idle, where
+     * the TAP and its downscript are not its own yet: they become so if
+     * the VM runs here.
+     */
+    tap_transfer_arm_downscript(s, s->phase == TAP_TRANSFER_OWN ||
+                                   s->phase == TAP_TRANSFER_ADOPTED);
     for (uint32_t i = 0; i < s->queues; i++) {
         tap_transfer_update_reading(s, i);
     }

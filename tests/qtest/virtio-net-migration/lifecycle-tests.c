@@ -128,6 +128,11 @@ typedef struct DownscriptCase {
     bool dest_never_runs;
     /* With the VM paused, a first handover is refused, then one holds */
     bool refused_first;
+    /*
+     * The destination loads, paused, and hands the TAP on before it ran
+     * the VM; that hop is refused, the destination goes, the source runs
+     */
+    bool onward_refused;
     DownscriptOwner owner;
 } DownscriptCase;
 
@@ -139,6 +144,8 @@ static const DownscriptCase downscript_cases[] = {
       .dest_never_runs = true, .owner = OWNER_SOURCE },
     { "/tap-transfer/downscript/second-handover-after-refused",
       .refused_first = true, .owner = OWNER_DESTINATION },
+    { "/tap-transfer/downscript/onward-refused-before-running",
+      .onward_refused = true, .owner = OWNER_SOURCE },
 };
 
 /* A destination that refuses the state and stays to be looked at */
@@ -185,6 +192,25 @@ static void test_downscript(const void *opaque)
         handover_refused(vm.qts, netdev, NULL);
         resume_source(vm.qts);
         to = NULL;
+    } else if (c->onward_refused) {
+        g_autofree char *status = NULL;
+        g_autofree char *state = NULL;
+
+        to = start_dest(netdev, 1, true, "-S");
+        migrate_to(vm.qts, to, true);
+        /* Through the return path it learns that its hop was refused */
+        migrate_set_capability(to, "return-path", true);
+        handover_refused(to, refusing, "-global migration.x-return-path=on");
+        status = migrate_query_status(to);
+        g_assert_cmpstr(status, ==, "failed");
+        /* Back to idle, and the TAP is not its own: it runs no downscript */
+        state = qom_get_str(to, "n0", "state");
+        g_assert_cmpstr(state, ==, "idle");
+        qtest_quit(to);
+        to = NULL;
+        g_assert_false(g_file_test(log, G_FILE_TEST_EXISTS));
+        qtest_qmp_assert_success(vm.qts, "{ 'execute': 'cont' }");
+        wait_running(vm.qts);
     } else if (c->dest_never_runs) {
         to = start_dest(netdev, 1, true, "-S");
         migrate_to(vm.qts, to, true);
