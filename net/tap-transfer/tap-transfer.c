@@ -168,6 +168,14 @@ struct TapTransfer {
     /* Loading, the array owns the frames' data; saving, the held queues do */
     TapTransferFrame *stream_frames;
 
+    /*
+     * backend-transfer as it was when the migration began: on the
+     * source from its setup to its end, on the destination from the
+     * start of the load.  Off for a snapshot.
+     */
+    bool save_transfer;
+    bool load_transfer;
+
     VMChangeStateEntry *vm_change;
     /* Source: a failed or cancelled migration, in either local mode */
     NotifierWithReturn migration_normal;
@@ -552,28 +560,53 @@ static void tap_transfer_take_back(TapTransfer *s)
     trace_tap_transfer_take_back(s->name);
 }
 
-static void tap_transfer_migration_ended(TapTransfer *s, MigrationEvent *e)
+/*
+ * The source's migration: whether it hands the TAP over is decided as
+ * it begins, and a netdev with no TAP refuses it then, before the VM
+ * stops.
+ */
+static int tap_transfer_migration_event(TapTransfer *s, MigrationEvent *e,
+                                        Error **errp)
 {
-    if (e->type == MIG_EVENT_PRECOPY_FAILED &&
-        s->phase == TAP_TRANSFER_HANDED_OVER) {
-        tap_transfer_take_back(s);
+    switch (e->type) {
+    case MIG_EVENT_PRECOPY_SETUP:
+        s->save_transfer = migrate_backend_transfer();
+        if (s->save_transfer && s->phase == TAP_TRANSFER_AWAITING) {
+            error_setg(errp, "netdev %s has no TAP device to hand over: "
+                       "no incoming migration brought one", s->name);
+            s->save_transfer = false;
+            return -EINVAL;
+        }
+        break;
+    case MIG_EVENT_PRECOPY_FAILED:
+        if (s->phase == TAP_TRANSFER_HANDED_OVER) {
+            tap_transfer_take_back(s);
+        }
+        s->save_transfer = false;
+        break;
+    case MIG_EVENT_PRECOPY_DONE:
+        s->save_transfer = false;
+        break;
+    default:
+        break;
     }
+    return 0;
 }
 
 static int tap_transfer_migration_normal(NotifierWithReturn *notifier,
                                          MigrationEvent *e, Error **errp)
 {
-    tap_transfer_migration_ended(container_of(notifier, TapTransfer,
-                                              migration_normal), e);
-    return 0;
+    return tap_transfer_migration_event(container_of(notifier, TapTransfer,
+                                                     migration_normal),
+                                        e, errp);
 }
 
 static int tap_transfer_migration_cpr(NotifierWithReturn *notifier,
                                       MigrationEvent *e, Error **errp)
 {
-    tap_transfer_migration_ended(container_of(notifier, TapTransfer,
-                                              migration_cpr), e);
-    return 0;
+    return tap_transfer_migration_event(container_of(notifier, TapTransfer,
+                                                     migration_cpr),
+                                        e, errp);
 }
 
 /*
@@ -590,6 +623,11 @@ static void tap_transfer_vm_change(void *opaque, bool running,
 
     s->vm_running = running;
     if (s->phase == TAP_TRANSFER_AWAITING) {
+        if (running) {
+            error_report("netdev %s: the VM runs, but the incoming migration "
+                         "brought no state for this netdev, which has no "
+                         "TAP device; is it missing on the source?", s->name);
+        }
         return;
     }
     if (!running) {
@@ -623,9 +661,14 @@ static int tap_transfer_pre_save(void *opaque)
     g_free(s->stream_id);
     s->stream_id = (uint8_t *)g_strdup(s->name);
     s->stream_id_len = strlen(s->name);
-    s->stream_transfer = migrate_backend_transfer();
+    s->stream_transfer = s->save_transfer;
     if (!s->stream_transfer) {
         return 0;
+    }
+    if (s->phase == TAP_TRANSFER_AWAITING) {
+        /* The migration's setup refused this already */
+        error_report("netdev %s has no TAP device to hand over", s->name);
+        return -EINVAL;
     }
 
     /*
@@ -847,7 +890,7 @@ static int tap_transfer_post_load(void *opaque, int version_id)
         goto fail;
     }
     if (!s->stream_transfer) {
-        if (migrate_backend_transfer()) {
+        if (s->load_transfer) {
             error_report("netdev %s: backend-transfer is off on the source "
                          "and on here; set it the same on both sides",
                          s->name);
@@ -896,7 +939,7 @@ static bool tap_transfer_handover_agreed(TapTransfer *s, const char *what)
                      "is off on the source", s->name, what);
         return false;
     }
-    if (!migrate_backend_transfer()) {
+    if (!s->load_transfer) {
         error_report("netdev %s: backend-transfer is on on the source and "
                      "off here; set it the same on both sides", s->name);
         return false;
@@ -1227,8 +1270,9 @@ static int tap_transfer_load_setup(QEMUFile *f, void *opaque, Error **errp)
     ERRP_GUARD();
     TapTransfer *s = opaque;
 
-    trace_tap_transfer_load_setup(s->name, migrate_backend_transfer());
-    if (s->phase != TAP_TRANSFER_AWAITING || migrate_backend_transfer()) {
+    s->load_transfer = migrate_backend_transfer();
+    trace_tap_transfer_load_setup(s->name, s->load_transfer);
+    if (s->phase != TAP_TRANSFER_AWAITING || s->load_transfer) {
         /* Management's fds are for a new TAP, which we do not want */
         tap_transfer_close_fds(s->mgmt_fds, s->n_mgmt_fds);
         return 0;

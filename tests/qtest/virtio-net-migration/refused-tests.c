@@ -353,6 +353,71 @@ static void test_refused_tun(void)
     close(fd);
 }
 
+/*
+ * A destination has a netdev that the source has not: no section comes
+ * for it, and it stays without TAP.  It says so, naming the netdev, as
+ * the VM starts; and a handover onwards is refused as it begins, before
+ * the VM stops, rather than sending a file descriptor it does not have.
+ */
+static void test_refused_awaiting(void)
+{
+    const char *netdev = "ifname=tt0,script=no,downscript=no";
+    g_autofree char *path = g_build_filename(tmpdir, "onwards", NULL);
+    g_autofree char *uri = g_strdup_printf("unix:%s", path);
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    DestOptions dest = {
+        .binary_var = logged_qemu(),
+        .extra = "-netdev tap-transfer,id=n1,ifname=tt1,script=no,"
+                 "downscript=no",
+    };
+    g_autofree char *state = NULL;
+    g_autofree char *status = NULL;
+    QTestState *to;
+    int listener;
+    QDict *rsp;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, netdev, 1, NULL);
+    to = start_dest_opts(netdev, 1, true, &dest);
+    migrate_to(vm.qts, to, true);
+    qtest_qmp_eventwait(to, "RESUME");
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    state = qom_get_str(to, "n1", "state");
+    g_assert_cmpstr(state, ==, "awaiting");
+
+    pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
+    listener = socket(AF_UNIX, SOCK_STREAM, 0);
+    g_assert_cmpint(bind(listener, (struct sockaddr *)&sun, sizeof(sun)),
+                    ==, 0);
+    g_assert_cmpint(listen(listener, 1), ==, 0);
+    migrate_qmp(to, NULL, uri, NULL, "{}");
+    status = wait_migration_done(to);
+    g_assert_cmpstr(status, ==, "failed");
+    rsp = qtest_qmp_assert_success_ref(to, "{ 'execute': 'query-migrate' }");
+    g_test_message("onwards: %s", qdict_get_try_str(rsp, "error-desc"));
+    g_assert_cmpstr(qdict_get_try_str(rsp, "error-desc"), ==,
+                    "netdev n1 has no TAP device to hand over: no incoming "
+                    "migration brought one");
+    qobject_unref(rsp);
+    wait_migration_cleaned_up(to);
+    /* Refused before the stop: the VM and its network go on */
+    rsp = qtest_qmp_assert_success_ref(to, "{ 'execute': 'query-status' }");
+    g_assert_true(qdict_get_bool(rsp, "running"));
+    qobject_unref(rsp);
+    check_traffic(&vm.nic, vm.sock, 0, "onwards-refused");
+    vm_release(&vm);
+    qtest_quit(to);
+    close(listener);
+    unlink(path);
+    assert_logged("netdev n1: the VM runs, but the incoming migration "
+                  "brought no state for this netdev, which has no TAP "
+                  "device; is it missing on the source?\n");
+}
+
 /* cpr-exec sends fd numbers, not fds: refused up front (QEMU >= 10.2) */
 static void test_refused_cpr_exec(void)
 {
@@ -406,4 +471,5 @@ void tap_transfer_add_refused_tests(void)
     qtest_add_func("/tap-transfer/refused/tun", test_refused_tun);
     qtest_add_func("/tap-transfer/refused/vhost", test_refused_vhost);
     qtest_add_func("/tap-transfer/refused/cpr-exec", test_refused_cpr_exec);
+    qtest_add_func("/tap-transfer/refused/awaiting", test_refused_awaiting);
 }
