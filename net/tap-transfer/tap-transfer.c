@@ -976,6 +976,17 @@ static int tap_transfer_fds_pre_load(void *opaque)
     if (!tap_transfer_handover_agreed(s, "TAP file descriptors")) {
         return -EINVAL;
     }
+    /*
+     * In a mode that sends fd numbers (cpr-exec), what the stream has
+     * are numbers of the source's, which mean other files here: refuse
+     * before they are read, so that no refusal closes them.
+     */
+    if (!migrate_passes_fds()) {
+        error_report("netdev %s: migration mode %s sends file descriptor "
+                     "numbers, not file descriptors; cannot adopt the "
+                     "source's TAP", s->name, MigMode_str(migrate_mode()));
+        return -EINVAL;
+    }
     if (s->phase != TAP_TRANSFER_AWAITING || s->stream_queue) {
         error_report("netdev %s: already has a TAP device, cannot adopt the "
                      "source's", s->name);
