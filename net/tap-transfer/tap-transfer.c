@@ -25,6 +25,7 @@
 #include <sys/ioctl.h>
 #include <sys/sysmacros.h>
 #include <net/if.h>
+#include <linux/filter.h>
 #include <linux/major.h>
 #include "qapi/error.h"
 #include "qapi/clone-visitor.h"
@@ -741,11 +742,60 @@ static int tap_transfer_post_save(void *opaque)
 /* Linux's TUN_MINOR, from include/linux/miscdevice.h, not a uapi header */
 #define TAP_TRANSFER_TUN_MINOR 200
 
+/* From linux/if_tun.h; net/tap-linux.h has not these */
+#define TAP_TRANSFER_TUNATTACHFILTER _IOW('T', 213, struct sock_fprog)
+#define TAP_TRANSFER_TUNDETACHFILTER _IOW('T', 214, struct sock_fprog)
+#define TAP_TRANSFER_TUNGETFILTER _IOR('T', 219, struct sock_fprog)
+
+/*
+ * Whether a TAP device prefixes its frames with packet information,
+ * that is whether it lacks IFF_NO_PI.  TUNGETIFF alone cannot tell: on
+ * a queue with no socket filter it sets IFF_NOFILTER, IFF_NO_PI's bit.
+ * So when the device has no filter, one that passes every frame is
+ * attached for the time of the question, then detached.  The source
+ * is stopped and reads nothing meanwhile; a filter management attached
+ * is left alone.
+ */
+static bool tap_transfer_probe_pi(int fd, bool *has_pi, Error **errp)
+{
+    struct sock_filter pass_all = BPF_STMT(BPF_RET | BPF_K, UINT32_MAX);
+    struct sock_fprog probe = { .len = 1, .filter = &pass_all };
+    struct sock_fprog current = { 0 };
+    struct ifreq ifr = { 0 };
+    bool attached = false;
+    int ret;
+
+    if (ioctl(fd, TAP_TRANSFER_TUNGETFILTER, &current) < 0) {
+        error_setg_errno(errp, errno, "cannot read the socket filter");
+        return false;
+    }
+    if (!current.len) {
+        if (ioctl(fd, TAP_TRANSFER_TUNATTACHFILTER, &probe) < 0) {
+            error_setg_errno(errp, errno, "cannot attach a socket filter");
+            return false;
+        }
+        attached = true;
+    }
+    ret = ioctl(fd, TUNGETIFF, &ifr);
+    if (attached && ioctl(fd, TAP_TRANSFER_TUNDETACHFILTER, &probe) < 0) {
+        error_setg_errno(errp, errno, "cannot detach the socket filter");
+        return false;
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, errno, "cannot read the device's flags");
+        return false;
+    }
+    *has_pi = !(ifr.ifr_flags & IFF_NO_PI);
+    return true;
+}
+
 static bool tap_transfer_check_fd(TapTransfer *s, uint32_t index,
                                   const TapTransferQueue *q, Error **errp)
 {
+    ERRP_GUARD();
     struct ifreq ifr = { 0 };
     struct stat st;
+    bool has_pi;
     int hdr_len;
 
     if (q->fd < 0) {
@@ -779,6 +829,24 @@ static bool tap_transfer_check_fd(TapTransfer *s, uint32_t index,
 
         error_setg(errp, "netdev %s: queue %u: received TAP device is %s, "
                    "expected %s", s->name, index, ifr.ifr_name, ifname);
+        return false;
+    }
+    /* tap.c reads and writes frames without the packet information */
+    if (!tap_transfer_probe_pi(q->fd, &has_pi, errp)) {
+        error_prepend(errp, "netdev %s: queue %u: TAP device %s: ", s->name,
+                      index, ifr.ifr_name);
+        return false;
+    }
+    if (has_pi) {
+        error_setg(errp, "netdev %s: queue %u: received TAP device %s "
+                   "prefixes its frames with packet information "
+                   "(no IFF_NO_PI)", s->name, index, ifr.ifr_name);
+        return false;
+    }
+    if (s->queues > 1 && !(ifr.ifr_flags & IFF_MULTI_QUEUE)) {
+        error_setg(errp, "netdev %s: queue %u: received TAP device %s has "
+                   "one queue, this QEMU was configured with %u", s->name,
+                   index, ifr.ifr_name, s->queues);
         return false;
     }
     if (!(ifr.ifr_flags & IFF_VNET_HDR)) {

@@ -718,6 +718,66 @@ static void test_hostile_netdev_del(void)
     qtest_quit(to);
 }
 
+/*
+ * The stream names a single-queue TAP, and its two fds are copies of
+ * that one queue's: a destination configured with two queues refuses a
+ * TAP that cannot have two.  No real source sends this (virtio-net does
+ * not even start on two queues of a single-queue TAP): the fds are the
+ * test's.
+ */
+static void test_hostile_single_queue_tap(void)
+{
+    struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
+    g_autofree char *path = g_strdup_printf("%s/single.sock", tmpdir);
+    g_autofree char *uri = g_strdup_printf("unix:%s", path);
+    g_autofree char *status = NULL;
+    g_autoptr(GByteArray) b = NULL;
+    DestOptions dest = { .keep_on_error = true };
+    int fds[HOSTILE_QUEUES];
+    QTestState *to;
+    int sock, hdr_len;
+
+    if (!hostile_ready()) {
+        return;
+    }
+    /* The destination must not inherit them: they come in the stream */
+    fds[0] = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    g_assert_cmpint(fds[0], >=, 0);
+    pstrcpy(ifr.ifr_name, IFNAMSIZ, "ttsq0");
+    g_assert_cmpint(ioctl(fds[0], TUNSETIFF, &ifr), ==, 0);
+    for (int i = 1; i < HOSTILE_QUEUES; i++) {
+        fds[i] = fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+        g_assert_cmpint(fds[i], >=, 0);
+    }
+    /* Its vnet header as the stream says: only the queue count is wrong */
+    hdr_len = ldl_be_p(rec.bytes->data + rec.at.queue[0] + 3);
+    g_assert_cmpint(ioctl(fds[0], TUNSETVNETHDRSZ, &hdr_len), ==, 0);
+    b = stream_copy();
+    memset(b->data + rec.at.ifname, 0, IFNAMSIZ);
+    memcpy(b->data + rec.at.ifname, "ttsq0", strlen("ttsq0"));
+
+    dest.binary_var = logged_qemu();
+    unlink(path);
+    to = start_qemu_as(dest.binary_var, "queues=2,script=no,downscript=no",
+                       HOSTILE_QUEUES, HOSTILE_EXTRA " -incoming defer");
+    migrate_set_parameter_bool(to, "backend-transfer", true);
+    migrate_incoming_qmp(to, uri, NULL, "{ 'exit-on-error': false }");
+    sock = feed_connect(path);
+    feed_fds(sock, b, 0, b->len, fds);
+    close(sock);
+    status = wait_migration_done(to);
+    g_assert_cmpstr(status, ==, "failed");
+    wait_tun_fds(qtest_pid(to), 0);
+    qtest_quit(to);
+    for (int i = 0; i < HOSTILE_QUEUES; i++) {
+        close(fds[i]);
+    }
+    g_free(dest_error);
+    dest_error = NULL;
+    assert_logged("netdev n0: queue 0: received TAP device ttsq0 has one "
+                  "queue, this QEMU was configured with 2\n");
+}
+
 static void test_hostile_release(void)
 {
     if (!rec.bytes) {
@@ -743,6 +803,8 @@ void tap_transfer_add_hostile_stream_tests(void)
                    test_hostile_random);
     qtest_add_func("/tap-transfer/hostile-stream/netdev-del",
                    test_hostile_netdev_del);
+    qtest_add_func("/tap-transfer/hostile-stream/single-queue-tap",
+                   test_hostile_single_queue_tap);
     qtest_add_func("/tap-transfer/hostile-stream/release",
                    test_hostile_release);
 }
