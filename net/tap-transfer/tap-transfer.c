@@ -60,6 +60,7 @@
 
 #define TYPE_TAP_TRANSFER "netdev-tap-transfer"
 OBJECT_DECLARE_SIMPLE_TYPE(TapTransfer, TAP_TRANSFER)
+module_obj(TYPE_TAP_TRANSFER);
 
 /* The QOM container of the netdevs' objects, under the root */
 #define TAP_TRANSFER_CONTAINER "netdevs"
@@ -70,6 +71,13 @@ OBJECT_DECLARE_SIMPLE_TYPE(TapTransfer, TAP_TRANSFER)
  * more frames than that per queue cannot have been waiting at the stop.
  */
 #define TAP_TRANSFER_MAX_FRAMES_PER_QUEUE 10000
+/*
+ * The longest netdev id whose migration sections QEMU can name: a
+ * section's idstr is at most 255 characters, and the longest one is
+ * "netdev/ID/tap-transfer-setup".
+ */
+#define TAP_TRANSFER_MAX_ID_LEN \
+    (255 - (int)strlen("netdev//tap-transfer-setup"))
 
 /* What a netdev does with its TAP, as qom-get reads it */
 typedef enum TapTransferPhase {
@@ -899,6 +907,7 @@ static bool tap_transfer_check_stream(TapTransfer *s, Error **errp)
  */
 static bool tap_transfer_adopt(TapTransfer *s, Error **errp)
 {
+    ERRP_GUARD();
     uint32_t i;
 
     pstrcpy(s->ifname, sizeof(s->ifname), (char *)s->stream_ifname);
@@ -1426,6 +1435,7 @@ static int *tap_transfer_take_fds(const char *names, uint32_t *count,
 static bool tap_transfer_resolve_fdsets(NetdevTapOptions *opts,
                                         Error **errp)
 {
+    ERRP_GUARD();
     char **field = opts->fd ? &opts->fd : &opts->fds;
     g_auto(GStrv) names = NULL;
     g_autofree int *dups = NULL;
@@ -1646,6 +1656,12 @@ static int net_init_tap_transfer(const Netdev *netdev, const char *name,
                    "while migrating", name);
         return -1;
     }
+    if (strlen(name) > TAP_TRANSFER_MAX_ID_LEN) {
+        error_setg(errp, "the id of a tap-transfer netdev names its "
+                   "migration sections: at most %d characters, not %zu",
+                   TAP_TRANSFER_MAX_ID_LEN, strlen(name));
+        return -1;
+    }
     if (!tap_transfer_check_options(opts, peer, errp)) {
         return -1;
     }
@@ -1746,6 +1762,9 @@ static void tap_transfer_finalize(Object *obj)
 {
     TapTransfer *s = TAP_TRANSFER(obj);
 
+    if (s->cleanup.notify) {
+        notifier_remove(&s->cleanup);
+    }
     if (s->vm_change) {
         g_autofree char *setup_idstr = tap_transfer_setup_idstr(s);
 
