@@ -778,6 +778,51 @@ static void test_hostile_single_queue_tap(void)
                   "queue, this QEMU was configured with 2\n");
 }
 
+/*
+ * QEMU's own stream analyzer reads the recorded stream, the netdev's
+ * section included: its fields, its queues' fds and held frames
+ */
+static void test_hostile_analyze(void)
+{
+    const char *python = g_getenv("PYTHON");
+    g_autofree char *dir = g_path_get_dirname(g_getenv("QTEST_QEMU_BINARY"));
+    g_autofree char *script = g_build_filename(dir, "scripts",
+                                               "analyze-migration.py", NULL);
+    g_autofree char *file = g_build_filename(tmpdir, "recorded.stream", NULL);
+    const char *argv[] = { python, script, "-f", file, NULL };
+    g_autofree char *out = NULL;
+    g_autofree char *err = NULL;
+    const char *section;
+    int status;
+
+    if (!python) {
+        g_test_skip("PYTHON is not set: no interpreter for "
+                    "analyze-migration.py");
+        return;
+    }
+    if (!hostile_ready()) {
+        return;
+    }
+    g_assert_true(g_file_set_contents(file, (char *)rec.bytes->data,
+                                      rec.bytes->len, NULL));
+    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, 0, NULL, NULL,
+                               &out, &err, &status, NULL));
+    unlink(file);
+    g_test_message("analyze-migration.py: %s", err);
+    g_assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    section = strstr(out, "\"netdev/n0/tap-transfer (");
+    g_assert_nonnull(section);
+    g_test_message("%.2000s", section);
+    for (const char *const *f = (const char *const[]) {
+             "\"stream_transfer\": true", "\"tap-transfer/fds\"",
+             "\"stream_queues\": \"0x00000002\"",
+             "\"fd\": \"passed with SCM_RIGHTS\"",
+             "\"tap-transfer/packets\"", "\"stream_nframes\"", NULL };
+         *f; f++) {
+        g_assert_nonnull(strstr(section, *f));
+    }
+}
+
 static void test_hostile_release(void)
 {
     if (!rec.bytes) {
@@ -805,6 +850,8 @@ void tap_transfer_add_hostile_stream_tests(void)
                    test_hostile_netdev_del);
     qtest_add_func("/tap-transfer/hostile-stream/single-queue-tap",
                    test_hostile_single_queue_tap);
+    qtest_add_func("/tap-transfer/hostile-stream/analyze",
+                   test_hostile_analyze);
     qtest_add_func("/tap-transfer/hostile-stream/release",
                    test_hostile_release);
 }
