@@ -1,8 +1,7 @@
 /*
  * backend-transfer: checks for migrations that pass backend fds
  *
- * This work is licensed under the terms of the GNU GPL, version 2 or later.
- * See the COPYING file in the top-level directory.
+ * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
 #include "qemu/osdep.h"
@@ -108,4 +107,14 @@ bool backend_transfer_check_fd_channel(QIOChannel *ioc, const char *fdname,
         return false;
     }
     return true;
+}
+
+bool backend_transfer_check_snapshot(Error **errp)
+{
+    if (!migrate_backend_transfer()) {
+        return true;
+    }
+    error_setg(errp, "backend-transfer is on: a snapshot cannot hold the "
+               "file descriptors it passes; turn it off to take one");
+    return false;
 }

@@ -1,8 +1,7 @@
 /*
  * backend-transfer: checks for migrations that pass backend fds
  *
- * This work is licensed under the terms of the GNU GPL, version 2 or later.
- * See the COPYING file in the top-level directory.
+ * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
 #ifndef MIGRATION_BACKEND_TRANSFER_H
@@ -23,5 +22,11 @@ bool backend_transfer_check_channel(MigrationAddress *addr, Error **errp);
  */
 bool backend_transfer_check_fd_channel(QIOChannel *ioc, const char *fdname,
                                        Error **errp);
+
+/*
+ * With backend-transfer on, refuse a snapshot (savevm, snapshot-save):
+ * its state goes to a block device, which cannot hold file descriptors.
+ */
+bool backend_transfer_check_snapshot(Error **errp);
 
 #endif

@@ -25,6 +25,7 @@
 #include <sys/ioctl.h>
 #include <sys/sysmacros.h>
 #include <net/if.h>
+#include <linux/filter.h>
 #include <linux/major.h>
 #include <poll.h>
 #include "qapi/error.h"
@@ -63,6 +64,7 @@
 
 #define TYPE_TAP_TRANSFER "netdev-tap-transfer"
 OBJECT_DECLARE_SIMPLE_TYPE(TapTransfer, TAP_TRANSFER)
+module_obj(TYPE_TAP_TRANSFER);
 
 /* The QOM container of the netdevs' objects, under the root */
 #define TAP_TRANSFER_CONTAINER "netdevs"
@@ -73,6 +75,13 @@ OBJECT_DECLARE_SIMPLE_TYPE(TapTransfer, TAP_TRANSFER)
  * more frames than that per queue cannot have been waiting at the stop.
  */
 #define TAP_TRANSFER_MAX_FRAMES_PER_QUEUE 10000
+/*
+ * The longest netdev id whose migration sections QEMU can name: a
+ * section's idstr is at most 255 characters, and the longest one is
+ * "netdev/ID/tap-transfer-setup".
+ */
+#define TAP_TRANSFER_MAX_ID_LEN \
+    (255 - (int)strlen("netdev//tap-transfer-setup"))
 
 /* What a netdev does with its TAP, as qom-get reads it */
 typedef enum TapTransferPhase {
@@ -155,6 +164,8 @@ struct TapTransfer {
      */
     GQueue *held;
     bool *releasing;
+    /* Frames dropped rather than held or given to the NIC */
+    uint64_t frames_dropped;
 
     /* The migration stream */
     uint32_t stream_id_len;
@@ -169,6 +180,14 @@ struct TapTransfer {
     int32_t stream_nframes;
     /* Loading, the array owns the frames' data; saving, the held queues do */
     TapTransferFrame *stream_frames;
+
+    /*
+     * backend-transfer as it was when the migration began: on the
+     * source from its setup to its end, on the destination from the
+     * start of the load.  Off for a snapshot.
+     */
+    bool save_transfer;
+    bool load_transfer;
 
     VMChangeStateEntry *vm_change;
     /* Source: a failed or cancelled migration, in either local mode */
@@ -210,14 +229,37 @@ static uint32_t tap_transfer_frames_held(TapTransfer *s)
     return n;
 }
 
+static void tap_transfer_count_drops(TapTransfer *s, uint32_t queue,
+                                     uint32_t frames, const char *why)
+{
+    if (frames) {
+        s->frames_dropped += frames;
+        trace_tap_transfer_drop(s->name, queue, frames, why);
+    }
+}
+
 static void tap_transfer_drop_held(TapTransfer *s, uint32_t queue,
                                    const char *why)
 {
-    if (!g_queue_is_empty(&s->held[queue])) {
-        trace_tap_transfer_drop(s->name, queue,
-                                g_queue_get_length(&s->held[queue]), why);
-        g_queue_clear_full(&s->held[queue], tap_transfer_frame_free);
+    tap_transfer_count_drops(s, queue, g_queue_get_length(&s->held[queue]),
+                             why);
+    g_queue_clear_full(&s->held[queue], tap_transfer_frame_free);
+}
+
+/*
+ * A queue holds no more frames than a destination takes for it: the
+ * oldest are kept, the others dropped.
+ */
+static void tap_transfer_bound_held(TapTransfer *s, uint32_t queue)
+{
+    uint32_t excess = 0;
+
+    while (g_queue_get_length(&s->held[queue]) >
+           TAP_TRANSFER_MAX_FRAMES_PER_QUEUE) {
+        tap_transfer_frame_free(g_queue_pop_tail(&s->held[queue]));
+        excess++;
     }
+    tap_transfer_count_drops(s, queue, excess, "more than a queue holds");
 }
 
 /*
@@ -420,14 +462,26 @@ typedef struct TapTransferTake {
     TapTransfer *s;
     uint32_t queue;
     GQueue taken;
+    uint32_t dropped;
 } TapTransferTake;
 
+/*
+ * tap.c is not the only sender on behalf of a TAP client: a filter on
+ * the netdev (filter-redirector with queue=tx) injects whatever its
+ * chardev says, a frame of 0 bytes included.  A frame that no
+ * destination would take is not held.
+ */
 static void tap_transfer_take_frame(const uint8_t *data, size_t size,
                                     void *opaque)
 {
     TapTransferTake *take = opaque;
-    TapTransferFrame *f = g_new0(TapTransferFrame, 1);
+    TapTransferFrame *f;
 
+    if (!size || size > NET_BUFSIZE) {
+        take->dropped++;
+        return;
+    }
+    f = g_new0(TapTransferFrame, 1);
     f->owner = take->s;
     f->queue = take->queue;
     f->size = size;
@@ -455,17 +509,20 @@ static void tap_transfer_hold_queued(TapTransfer *s)
             continue;
         }
         g_queue_init(&take.taken);
+        take.dropped = 0;
         qemu_net_queue_take(nc->peer->incoming_queue, nc,
                             tap_transfer_take_frame, &take);
+        tap_transfer_count_drops(s, take.queue, take.dropped,
+                                 "a frame no destination takes");
         while ((f = g_queue_pop_tail(&take.taken))) {
             g_queue_push_head(&s->held[take.queue], f);
         }
+        tap_transfer_bound_held(s, take.queue);
         /* Its completion was taken with it */
         s->releasing[take.queue] = false;
     }
-    if (tap_transfer_frames_held(s) > before) {
-        trace_tap_transfer_hold(s->name, tap_transfer_frames_held(s) - before,
-                                tap_transfer_frames_held(s));
+    if (tap_transfer_frames_held(s) != before) {
+        trace_tap_transfer_hold(s->name, before, tap_transfer_frames_held(s));
     }
 }
 
@@ -503,35 +560,66 @@ static void tap_transfer_take_back(TapTransfer *s)
         }
     }
     tap_transfer_set_phase(s, s->phase_before_handover);
-    tap_transfer_arm_downscript(s, true);
+    /*
+     * A destination that has not run the VM goes back to idle, where
+     * the TAP and its downscript are not its own yet: they become so if
+     * the VM runs here.
+     */
+    tap_transfer_arm_downscript(s, s->phase == TAP_TRANSFER_OWN ||
+                                   s->phase == TAP_TRANSFER_ADOPTED);
     for (uint32_t i = 0; i < s->queues; i++) {
         tap_transfer_update_reading(s, i);
     }
     trace_tap_transfer_take_back(s->name);
 }
 
-static void tap_transfer_migration_ended(TapTransfer *s, MigrationEvent *e)
+/*
+ * The source's migration: whether it hands the TAP over is decided as
+ * it begins, and a netdev with no TAP refuses it then, before the VM
+ * stops.
+ */
+static int tap_transfer_migration_event(TapTransfer *s, MigrationEvent *e,
+                                        Error **errp)
 {
-    if (e->type == MIG_EVENT_PRECOPY_FAILED &&
-        s->phase == TAP_TRANSFER_HANDED_OVER) {
-        tap_transfer_take_back(s);
+    switch (e->type) {
+    case MIG_EVENT_PRECOPY_SETUP:
+        s->save_transfer = migrate_backend_transfer();
+        if (s->save_transfer && s->phase == TAP_TRANSFER_AWAITING) {
+            error_setg(errp, "netdev %s has no TAP device to hand over: "
+                       "no incoming migration brought one", s->name);
+            s->save_transfer = false;
+            return -EINVAL;
+        }
+        break;
+    case MIG_EVENT_PRECOPY_FAILED:
+        if (s->phase == TAP_TRANSFER_HANDED_OVER) {
+            tap_transfer_take_back(s);
+        }
+        s->save_transfer = false;
+        break;
+    case MIG_EVENT_PRECOPY_DONE:
+        s->save_transfer = false;
+        break;
+    default:
+        break;
     }
+    return 0;
 }
 
 static int tap_transfer_migration_normal(NotifierWithReturn *notifier,
                                          MigrationEvent *e, Error **errp)
 {
-    tap_transfer_migration_ended(container_of(notifier, TapTransfer,
-                                              migration_normal), e);
-    return 0;
+    return tap_transfer_migration_event(container_of(notifier, TapTransfer,
+                                                     migration_normal),
+                                        e, errp);
 }
 
 static int tap_transfer_migration_cpr(NotifierWithReturn *notifier,
                                       MigrationEvent *e, Error **errp)
 {
-    tap_transfer_migration_ended(container_of(notifier, TapTransfer,
-                                              migration_cpr), e);
-    return 0;
+    return tap_transfer_migration_event(container_of(notifier, TapTransfer,
+                                                     migration_cpr),
+                                        e, errp);
 }
 
 /*
@@ -548,6 +636,11 @@ static void tap_transfer_vm_change(void *opaque, bool running,
 
     s->vm_running = running;
     if (s->phase == TAP_TRANSFER_AWAITING) {
+        if (running) {
+            error_report("netdev %s: the VM runs, but the incoming migration "
+                         "brought no state for this netdev, which has no "
+                         "TAP device; is it missing on the source?", s->name);
+        }
         return;
     }
     if (!running) {
@@ -581,9 +674,14 @@ static int tap_transfer_pre_save(void *opaque)
     g_free(s->stream_id);
     s->stream_id = (uint8_t *)g_strdup(s->name);
     s->stream_id_len = strlen(s->name);
-    s->stream_transfer = migrate_backend_transfer();
+    s->stream_transfer = s->save_transfer;
     if (!s->stream_transfer) {
         return 0;
+    }
+    if (s->phase == TAP_TRANSFER_AWAITING) {
+        /* The migration's setup refused this already */
+        error_report("netdev %s has no TAP device to hand over", s->name);
+        return -EINVAL;
     }
 
     /*
@@ -656,11 +754,60 @@ static int tap_transfer_post_save(void *opaque)
 /* Linux's TUN_MINOR, from include/linux/miscdevice.h, not a uapi header */
 #define TAP_TRANSFER_TUN_MINOR 200
 
+/* From linux/if_tun.h; net/tap-linux.h has not these */
+#define TAP_TRANSFER_TUNATTACHFILTER _IOW('T', 213, struct sock_fprog)
+#define TAP_TRANSFER_TUNDETACHFILTER _IOW('T', 214, struct sock_fprog)
+#define TAP_TRANSFER_TUNGETFILTER _IOR('T', 219, struct sock_fprog)
+
+/*
+ * Whether a TAP device prefixes its frames with packet information,
+ * that is whether it lacks IFF_NO_PI.  TUNGETIFF alone cannot tell: on
+ * a queue with no socket filter it sets IFF_NOFILTER, IFF_NO_PI's bit.
+ * So when the device has no filter, one that passes every frame is
+ * attached for the time of the question, then detached.  The source
+ * is stopped and reads nothing meanwhile; a filter management attached
+ * is left alone.
+ */
+static bool tap_transfer_probe_pi(int fd, bool *has_pi, Error **errp)
+{
+    struct sock_filter pass_all = BPF_STMT(BPF_RET | BPF_K, UINT32_MAX);
+    struct sock_fprog probe = { .len = 1, .filter = &pass_all };
+    struct sock_fprog current = { 0 };
+    struct ifreq ifr = { 0 };
+    bool attached = false;
+    int ret;
+
+    if (ioctl(fd, TAP_TRANSFER_TUNGETFILTER, &current) < 0) {
+        error_setg_errno(errp, errno, "cannot read the socket filter");
+        return false;
+    }
+    if (!current.len) {
+        if (ioctl(fd, TAP_TRANSFER_TUNATTACHFILTER, &probe) < 0) {
+            error_setg_errno(errp, errno, "cannot attach a socket filter");
+            return false;
+        }
+        attached = true;
+    }
+    ret = ioctl(fd, TUNGETIFF, &ifr);
+    if (attached && ioctl(fd, TAP_TRANSFER_TUNDETACHFILTER, &probe) < 0) {
+        error_setg_errno(errp, errno, "cannot detach the socket filter");
+        return false;
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, errno, "cannot read the device's flags");
+        return false;
+    }
+    *has_pi = !(ifr.ifr_flags & IFF_NO_PI);
+    return true;
+}
+
 static bool tap_transfer_check_fd(TapTransfer *s, uint32_t index,
                                   const TapTransferQueue *q, Error **errp)
 {
+    ERRP_GUARD();
     struct ifreq ifr = { 0 };
     struct stat st;
+    bool has_pi;
     int hdr_len;
 
     if (q->fd < 0) {
@@ -694,6 +841,24 @@ static bool tap_transfer_check_fd(TapTransfer *s, uint32_t index,
 
         error_setg(errp, "netdev %s: queue %u: received TAP device is %s, "
                    "expected %s", s->name, index, ifr.ifr_name, ifname);
+        return false;
+    }
+    /* tap.c reads and writes frames without the packet information */
+    if (!tap_transfer_probe_pi(q->fd, &has_pi, errp)) {
+        error_prepend(errp, "netdev %s: queue %u: TAP device %s: ", s->name,
+                      index, ifr.ifr_name);
+        return false;
+    }
+    if (has_pi) {
+        error_setg(errp, "netdev %s: queue %u: received TAP device %s "
+                   "prefixes its frames with packet information "
+                   "(no IFF_NO_PI)", s->name, index, ifr.ifr_name);
+        return false;
+    }
+    if (s->queues > 1 && !(ifr.ifr_flags & IFF_MULTI_QUEUE)) {
+        error_setg(errp, "netdev %s: queue %u: received TAP device %s has "
+                   "one queue, this QEMU was configured with %u", s->name,
+                   index, ifr.ifr_name, s->queues);
         return false;
     }
     if (!(ifr.ifr_flags & IFF_VNET_HDR)) {
@@ -746,6 +911,7 @@ static bool tap_transfer_check_stream(TapTransfer *s, Error **errp)
  */
 static bool tap_transfer_adopt(TapTransfer *s, Error **errp)
 {
+    ERRP_GUARD();
     uint32_t i;
 
     pstrcpy(s->ifname, sizeof(s->ifname), (char *)s->stream_ifname);
@@ -805,7 +971,7 @@ static int tap_transfer_post_load(void *opaque, int version_id)
         goto fail;
     }
     if (!s->stream_transfer) {
-        if (migrate_backend_transfer()) {
+        if (s->load_transfer) {
             error_report("netdev %s: backend-transfer is off on the source "
                          "and on here; set it the same on both sides",
                          s->name);
@@ -830,6 +996,10 @@ static int tap_transfer_post_load(void *opaque, int version_id)
 
         g_queue_push_tail(&s->held[f->queue], g_memdup2(f, sizeof(*f)));
         f->data = NULL;
+    }
+    /* Their count was bounded for all queues together */
+    for (uint32_t i = 0; i < s->queues; i++) {
+        tap_transfer_bound_held(s, i);
     }
     tap_transfer_discard_stream(s);
     return 0;
@@ -921,7 +1091,7 @@ static bool tap_transfer_handover_agreed(TapTransfer *s, const char *what)
                      "is off on the source", s->name, what);
         return false;
     }
-    if (!migrate_backend_transfer()) {
+    if (!s->load_transfer) {
         error_report("netdev %s: backend-transfer is on on the source and "
                      "off here; set it the same on both sides", s->name);
         return false;
@@ -958,6 +1128,17 @@ static int tap_transfer_fds_pre_load(void *opaque)
     TapTransfer *s = opaque;
 
     if (!tap_transfer_handover_agreed(s, "TAP file descriptors")) {
+        return -EINVAL;
+    }
+    /*
+     * In a mode that sends fd numbers (cpr-exec), what the stream has
+     * are numbers of the source's, which mean other files here: refuse
+     * before they are read, so that no refusal closes them.
+     */
+    if (!migrate_passes_fds()) {
+        error_report("netdev %s: migration mode %s sends file descriptor "
+                     "numbers, not file descriptors; cannot adopt the "
+                     "source's TAP", s->name, MigMode_str(migrate_mode()));
         return -EINVAL;
     }
     if (s->phase != TAP_TRANSFER_AWAITING || s->stream_queue) {
@@ -1035,6 +1216,13 @@ static const VMStateDescription vmstate_tap_transfer_fds = {
     },
 };
 
+/*
+ * The validators of the frames run when the state is saved too, where
+ * a false result aborts QEMU (a VMSTATE_VALIDATE field must exist): the
+ * frames a source holds must pass them.  It holds none of 0 bytes or
+ * of more than NET_BUFSIZE, nor more than a queue's worth per queue
+ * (tap_transfer_take_frame(), tap_transfer_bound_held()).
+ */
 static bool tap_transfer_frame_queue_valid(void *opaque, int version_id)
 {
     TapTransferFrame *f = opaque;
@@ -1250,8 +1438,9 @@ static int tap_transfer_load_setup(QEMUFile *f, void *opaque, Error **errp)
     ERRP_GUARD();
     TapTransfer *s = opaque;
 
-    trace_tap_transfer_load_setup(s->name, migrate_backend_transfer());
-    if (s->phase != TAP_TRANSFER_AWAITING || migrate_backend_transfer()) {
+    s->load_transfer = migrate_backend_transfer();
+    trace_tap_transfer_load_setup(s->name, s->load_transfer);
+    if (s->phase != TAP_TRANSFER_AWAITING || s->load_transfer) {
         /* Management's fds are for a new TAP, which we do not want */
         tap_transfer_close_fds(s->mgmt_fds, s->n_mgmt_fds);
         return 0;
@@ -1326,6 +1515,7 @@ static int *tap_transfer_take_fds(const char *names, uint32_t *count,
 static bool tap_transfer_resolve_fdsets(NetdevTapOptions *opts,
                                         Error **errp)
 {
+    ERRP_GUARD();
     char **field = opts->fd ? &opts->fd : &opts->fds;
     g_auto(GStrv) names = NULL;
     g_autofree int *dups = NULL;
@@ -1540,6 +1730,18 @@ static int net_init_tap_transfer(const Netdev *netdev, const char *name,
     bool ok;
 
     assert(netdev->type == NET_CLIENT_DRIVER_TAP_TRANSFER);
+    /* Its sections would be missing from the stream, or added to it */
+    if (migration_is_running() || migration_incoming_is_running()) {
+        error_setg(errp, "netdev %s: a tap-transfer netdev cannot be added "
+                   "while migrating", name);
+        return -1;
+    }
+    if (strlen(name) > TAP_TRANSFER_MAX_ID_LEN) {
+        error_setg(errp, "the id of a tap-transfer netdev names its "
+                   "migration sections: at most %d characters, not %zu",
+                   TAP_TRANSFER_MAX_ID_LEN, strlen(name));
+        return -1;
+    }
     if (!tap_transfer_check_options(opts, peer, errp)) {
         return -1;
     }
@@ -1578,6 +1780,10 @@ static int net_init_tap_transfer(const Netdev *netdev, const char *name,
     }
     object_unref(OBJECT(s));
 
+    /* netdev_del waits for the end of a migration, which has our state */
+    for (uint32_t i = 0; i < s->queues; i++) {
+        s->ncs[i]->has_migration_state = true;
+    }
     s->cleanup.notify = tap_transfer_cleanup;
     tap_add_cleanup_notifier(s->ncs[0], &s->cleanup);
     trace_tap_transfer_init(name, s->queues,
@@ -1618,6 +1824,15 @@ static void tap_transfer_get_frames_held(Object *obj, Visitor *v,
     visit_type_uint32(v, name, &held, errp);
 }
 
+static void tap_transfer_get_frames_dropped(Object *obj, Visitor *v,
+                                            const char *name, void *opaque,
+                                            Error **errp)
+{
+    uint64_t dropped = TAP_TRANSFER(obj)->frames_dropped;
+
+    visit_type_uint64(v, name, &dropped, errp);
+}
+
 static char *tap_transfer_get_id(VMStateIf *obj)
 {
     return g_strdup_printf("netdev/%s", TAP_TRANSFER(obj)->name);
@@ -1627,6 +1842,9 @@ static void tap_transfer_finalize(Object *obj)
 {
     TapTransfer *s = TAP_TRANSFER(obj);
 
+    if (s->cleanup.notify) {
+        notifier_remove(&s->cleanup);
+    }
     if (s->vm_change) {
         g_autofree char *setup_idstr = tap_transfer_setup_idstr(s);
 
@@ -1676,6 +1894,11 @@ static void tap_transfer_class_init(ObjectClass *oc,
                               tap_transfer_get_frames_held, NULL, NULL, NULL);
     object_class_property_set_description(oc, "frames-held",
         "frames read from the TAP that wait for the guest");
+    object_class_property_add(oc, "frames-dropped", "uint64",
+                              tap_transfer_get_frames_dropped, NULL, NULL,
+                              NULL);
+    object_class_property_set_description(oc, "frames-dropped",
+        "frames this netdev dropped rather than hold or give to the NIC");
 }
 
 static const TypeInfo tap_transfer_info = {

@@ -134,6 +134,107 @@ static void test_unprivileged_open(void)
     assert_one_line(err);
 }
 
+/*
+ * A driver that is neither built in nor a module of this build is not
+ * compiled, rather than a module that is not installed
+ */
+static void test_not_compiled(void)
+{
+    g_autofree char *err = NULL;
+    const char *args[] = {
+        "-M", "none", "-display", "none", "-netdev", "vde,id=v0", NULL
+    };
+
+#ifdef CONFIG_VDE
+    g_test_skip("this build has the vde netdev");
+    return;
+#endif
+    g_assert_false(run_qemu(NULL, g_getenv("QTEST_QEMU_BINARY"), args, NULL,
+                            &err));
+    g_assert_nonnull(strstr(err, "network backend 'vde' is not compiled into "
+                            "this binary"));
+    assert_one_line(err);
+}
+
+/* The QOM type is known before any netdev loaded the module */
+static void test_qom_type_before_use(void)
+{
+    static const char *const want[] = {
+        "ifname", "queues", "state", "frames-held", "frames-dropped",
+    };
+    QTestState *qts = qtest_init("-M none");
+    QDict *rsp = qtest_qmp(qts, "{ 'execute': 'qom-list-properties',"
+                           "  'arguments': { 'typename': "
+                           "    'netdev-tap-transfer' } }");
+    int seen = 0;
+    QListEntry *e;
+
+    if (qdict_haskey(rsp, "error")) {
+        g_test_message("%s", qdict_get_str(qdict_get_qdict(rsp, "error"),
+                                           "desc"));
+    }
+    g_assert_false(qdict_haskey(rsp, "error"));
+    QLIST_FOREACH_ENTRY(qdict_get_qlist(rsp, "return"), e) {
+        QDict *prop = qobject_to(QDict, qlist_entry_obj(e));
+
+        for (int i = 0; i < ARRAY_SIZE(want); i++) {
+            seen += !strcmp(qdict_get_str(prop, "name"), want[i]);
+        }
+    }
+    g_assert_cmpint(seen, ==, ARRAY_SIZE(want));
+    qobject_unref(rsp);
+    qtest_quit(qts);
+}
+
+/*
+ * The id names the migration sections, whose names QEMU keeps to 255
+ * characters: a longer one is refused rather than cut short, which
+ * would give two netdevs the same section
+ */
+static void test_long_id(void)
+{
+    g_autofree char *longest = g_strnfill(229, 'n');
+    g_autofree char *too_long = g_strnfill(230, 'n');
+    g_autofree char *state = NULL;
+    QTestState *qts;
+
+    if (!need_tap()) {
+        return;
+    }
+    qts = qtest_init("-M none");
+    assert_qmp_error(qts, "the id of a tap-transfer netdev names its "
+                     "migration sections: at most 229 characters, not 230",
+                     "{ 'execute': 'netdev_add', 'arguments':"
+                     " { 'type': 'tap-transfer', 'id': %s, 'ifname': 'tt9',"
+                     "   'script': 'no', 'downscript': 'no' } }", too_long);
+    g_assert_cmpuint(if_nametoindex("tt9"), ==, 0);
+
+    qtest_qmp_assert_success(qts, "{ 'execute': 'netdev_add', 'arguments':"
+                             " { 'type': 'tap-transfer', 'id': %s,"
+                             "   'ifname': 'tt9', 'script': 'no',"
+                             "   'downscript': 'no' } }", longest);
+    state = qom_get_str(qts, longest, "state");
+    g_assert_cmpstr(state, ==, "own");
+    qtest_quit(qts);
+}
+
+/* A failure in an fd set keeps the line that says what was being done */
+static void test_fdset_error(void)
+{
+    g_autofree char *err = NULL;
+    const char *args[] = {
+        "-M", "none", "-display", "none",
+        "-netdev", "tap-transfer,id=n0,fd=/dev/fdset/9", NULL
+    };
+
+    g_assert_false(run_qemu(NULL, g_getenv("QTEST_QEMU_BINARY"), args, NULL,
+                            &err));
+    g_test_message("%s", err);
+    g_assert_nonnull(strstr(err, "cannot take a TAP file descriptor from "
+                            "/dev/fdset/9: "));
+    assert_one_line(err);
+}
+
 void tap_transfer_add_basic_tests(void)
 {
     qtest_add_func("/tap-transfer/module-missing", test_module_missing);
@@ -142,4 +243,9 @@ void tap_transfer_add_basic_tests(void)
     qtest_add_func("/tap-transfer/rx-tx", test_rx_tx);
     qtest_add_func("/tap-transfer/multiqueue", test_multiqueue);
     qtest_add_func("/tap-transfer/unprivileged-open", test_unprivileged_open);
+    qtest_add_func("/tap-transfer/not-compiled", test_not_compiled);
+    qtest_add_func("/tap-transfer/qom-type-before-use",
+                   test_qom_type_before_use);
+    qtest_add_func("/tap-transfer/long-id", test_long_id);
+    qtest_add_func("/tap-transfer/fdset-error", test_fdset_error);
 }

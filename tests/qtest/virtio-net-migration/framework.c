@@ -731,6 +731,50 @@ void wait_migration_cleaned_up(QTestState *qts)
     }
 }
 
+/* The response, whose "return" is the value, of any type */
+QDict *qom_get(QTestState *qts, const char *id, const char *prop)
+{
+    g_autofree char *path = g_strdup_printf("/netdevs/%s", id);
+    QDict *rsp = qtest_qmp(qts, "{ 'execute': 'qom-get', 'arguments': "
+                           "{ 'path': %s, 'property': %s } }", path, prop);
+
+    g_assert_true(qdict_haskey(rsp, "return"));
+    return rsp;
+}
+
+char *qom_get_str(QTestState *qts, const char *id, const char *prop)
+{
+    QDict *rsp = qom_get(qts, id, prop);
+    char *value = g_strdup(qdict_get_str(rsp, "return"));
+
+    qobject_unref(rsp);
+    return value;
+}
+
+int64_t qom_get_int(QTestState *qts, const char *id, const char *prop)
+{
+    QDict *rsp = qom_get(qts, id, prop);
+    int64_t value = qdict_get_int(rsp, "return");
+
+    qobject_unref(rsp);
+    return value;
+}
+
+void assert_qmp_error(QTestState *qts, const char *error,
+                      const char *fmt, ...)
+{
+    va_list ap;
+    QDict *rsp;
+
+    va_start(ap, fmt);
+    rsp = qtest_vqmp(qts, fmt, ap);
+    va_end(ap);
+    g_assert_true(qdict_haskey(rsp, "error"));
+    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(rsp, "error"), "desc"), ==,
+                    error);
+    qobject_unref(rsp);
+}
+
 bool qemu_at_least(QTestState *qts, int64_t major, int64_t minor)
 {
     QDict *rsp = qtest_qmp_assert_success_ref(qts,

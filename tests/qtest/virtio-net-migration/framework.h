@@ -245,6 +245,15 @@ void nic_enable_rss(Nic *n, int pairs);
  */
 void wait_migration_cleaned_up(QTestState *qts);
 
+/* Properties of the netdev's QOM object, /netdevs/@id */
+QDict *qom_get(QTestState *qts, const char *id, const char *prop);
+char *qom_get_str(QTestState *qts, const char *id, const char *prop);
+int64_t qom_get_int(QTestState *qts, const char *id, const char *prop);
+
+/* The command fails, with @error as its error's description */
+void assert_qmp_error(QTestState *qts, const char *error,
+                      const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+
 bool qemu_at_least(QTestState *qts, int64_t major, int64_t minor);
 
 void setup_namespace(void);

@@ -262,31 +262,61 @@ static bool send_all(int sock, const uint8_t *data, size_t len, int fd)
     return true;
 }
 
-/* The stream, with each fd on the byte it came with */
-static void feed(const char *path, const GByteArray *stream)
+static int feed_connect(const char *path)
 {
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
-    size_t done = 0;
     int sock = socket(AF_UNIX, SOCK_STREAM, 0);
 
     g_assert_cmpint(sock, >=, 0);
     pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
     g_assert_cmpint(connect(sock, (struct sockaddr *)&sun, sizeof(sun)),
                     ==, 0);
-    for (int i = 0; i <= HOSTILE_QUEUES; i++) {
-        size_t upto = i < HOSTILE_QUEUES ? rec.fd_offset[i] : stream->len;
+    return sock;
+}
 
+/*
+ * Bytes @from to @to of the stream, each of @fds on the byte its queue's
+ * fd came with; false if the destination stopped reading
+ */
+static bool feed_fds(int sock, const GByteArray *stream, size_t from,
+                     size_t to, const int *fds)
+{
+    size_t done = from;
+
+    for (int i = 0; i <= HOSTILE_QUEUES; i++) {
+        size_t upto = i < HOSTILE_QUEUES ? rec.fd_offset[i] : to;
+
+        if (upto < done) {
+            continue;
+        }
+        upto = MIN(upto, to);
         if (!send_all(sock, stream->data + done, upto - done, -1)) {
-            break;
+            return false;
         }
         done = upto;
-        if (i < HOSTILE_QUEUES) {
-            if (!send_all(sock, stream->data + done, 1, rec.fds[i])) {
-                break;
+        if (i < HOSTILE_QUEUES && done == rec.fd_offset[i] && done < to) {
+            if (!send_all(sock, stream->data + done, 1, fds[i])) {
+                return false;
             }
             done++;
         }
     }
+    return true;
+}
+
+/* The same with the fds the stream was recorded with */
+static bool feed_part(int sock, const GByteArray *stream, size_t from,
+                      size_t to)
+{
+    return feed_fds(sock, stream, from, to, rec.fds);
+}
+
+/* The stream, with each fd on the byte it came with */
+static void feed(const char *path, const GByteArray *stream)
+{
+    int sock = feed_connect(path);
+
+    feed_part(sock, stream, 0, stream->len);
     close(sock);
 }
 
@@ -641,6 +671,158 @@ static void test_hostile_random(void)
                      RANDOM_MUTATIONS);
 }
 
+/*
+ * While the destination's load waits for the rest of the netdev's
+ * section, in the middle of its held frames, QMP runs: the netdev is
+ * neither deleted from under the load nor joined by another one.  The
+ * load then completes, and the TAP is adopted.
+ */
+static void test_hostile_netdev_del(void)
+{
+    g_autofree char *path = g_strdup_printf("%s/paused.sock", tmpdir);
+    g_autofree char *uri = g_strdup_printf("unix:%s", path);
+    g_autofree char *state = NULL;
+    const char *ungoals[] = { "failed", "completed", NULL };
+    QTestState *to;
+    int sock;
+
+    if (!hostile_ready()) {
+        return;
+    }
+    unlink(path);
+    to = start_qemu_as(NULL, HOSTILE_NETDEV, HOSTILE_QUEUES,
+                       HOSTILE_EXTRA " -incoming defer");
+    migrate_set_parameter_bool(to, "backend-transfer", true);
+    migrate_incoming_qmp(to, uri, NULL, "{}");
+    sock = feed_connect(path);
+    g_assert_true(feed_part(sock, rec.bytes, 0, rec.at.frame_size));
+    wait_for_migration_status(to, "active", ungoals);
+
+    assert_qmp_error(to, "netdev_del not allowed while migrating: netdev "
+                     "'n0' has migration state",
+                     "{ 'execute': 'netdev_del', 'arguments': "
+                     "{ 'id': 'n0' } }");
+    assert_qmp_error(to, "netdev n1: a tap-transfer netdev cannot be added "
+                     "while migrating",
+                     "{ 'execute': 'netdev_add', 'arguments':"
+                     " { 'type': 'tap-transfer', 'id': 'n1', 'ifname': 'tt5',"
+                     "   'script': 'no', 'downscript': 'no' } }");
+
+    g_assert_true(feed_part(sock, rec.bytes, rec.at.frame_size,
+                            rec.bytes->len));
+    close(sock);
+    wait_for_migration_status(to, "completed", NULL);
+    g_assert_cmpuint(count_tun_fds(qtest_pid(to)), ==, HOSTILE_QUEUES);
+    state = qom_get_str(to, "n0", "state");
+    g_assert_cmpstr(state, !=, "awaiting");
+    qtest_quit(to);
+}
+
+/*
+ * The stream names a single-queue TAP, and its two fds are copies of
+ * that one queue's: a destination configured with two queues refuses a
+ * TAP that cannot have two.  No real source sends this (virtio-net does
+ * not even start on two queues of a single-queue TAP): the fds are the
+ * test's.
+ */
+static void test_hostile_single_queue_tap(void)
+{
+    struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
+    g_autofree char *path = g_strdup_printf("%s/single.sock", tmpdir);
+    g_autofree char *uri = g_strdup_printf("unix:%s", path);
+    g_autofree char *status = NULL;
+    g_autoptr(GByteArray) b = NULL;
+    DestOptions dest = { .keep_on_error = true };
+    int fds[HOSTILE_QUEUES];
+    QTestState *to;
+    int sock, hdr_len;
+
+    if (!hostile_ready()) {
+        return;
+    }
+    /* The destination must not inherit them: they come in the stream */
+    fds[0] = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    g_assert_cmpint(fds[0], >=, 0);
+    pstrcpy(ifr.ifr_name, IFNAMSIZ, "ttsq0");
+    g_assert_cmpint(ioctl(fds[0], TUNSETIFF, &ifr), ==, 0);
+    for (int i = 1; i < HOSTILE_QUEUES; i++) {
+        fds[i] = fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+        g_assert_cmpint(fds[i], >=, 0);
+    }
+    /* Its vnet header as the stream says: only the queue count is wrong */
+    hdr_len = ldl_be_p(rec.bytes->data + rec.at.queue[0] + 3);
+    g_assert_cmpint(ioctl(fds[0], TUNSETVNETHDRSZ, &hdr_len), ==, 0);
+    b = stream_copy();
+    memset(b->data + rec.at.ifname, 0, IFNAMSIZ);
+    memcpy(b->data + rec.at.ifname, "ttsq0", strlen("ttsq0"));
+
+    dest.binary_var = logged_qemu();
+    unlink(path);
+    to = start_qemu_as(dest.binary_var, "queues=2,script=no,downscript=no",
+                       HOSTILE_QUEUES, HOSTILE_EXTRA " -incoming defer");
+    migrate_set_parameter_bool(to, "backend-transfer", true);
+    migrate_incoming_qmp(to, uri, NULL, "{ 'exit-on-error': false }");
+    sock = feed_connect(path);
+    feed_fds(sock, b, 0, b->len, fds);
+    close(sock);
+    status = wait_migration_done(to);
+    g_assert_cmpstr(status, ==, "failed");
+    wait_tun_fds(qtest_pid(to), 0);
+    qtest_quit(to);
+    for (int i = 0; i < HOSTILE_QUEUES; i++) {
+        close(fds[i]);
+    }
+    g_free(dest_error);
+    dest_error = NULL;
+    assert_logged("netdev n0: queue 0: received TAP device ttsq0 has one "
+                  "queue, this QEMU was configured with 2\n");
+}
+
+/*
+ * QEMU's own stream analyzer reads the recorded stream, the netdev's
+ * section included: its fields, its queues' fds and held frames
+ */
+static void test_hostile_analyze(void)
+{
+    const char *python = g_getenv("PYTHON");
+    g_autofree char *dir = g_path_get_dirname(g_getenv("QTEST_QEMU_BINARY"));
+    g_autofree char *script = g_build_filename(dir, "scripts",
+                                               "analyze-migration.py", NULL);
+    g_autofree char *file = g_build_filename(tmpdir, "recorded.stream", NULL);
+    const char *argv[] = { python, script, "-f", file, NULL };
+    g_autofree char *out = NULL;
+    g_autofree char *err = NULL;
+    const char *section;
+    int status;
+
+    if (!python) {
+        g_test_skip("PYTHON is not set: no interpreter for "
+                    "analyze-migration.py");
+        return;
+    }
+    if (!hostile_ready()) {
+        return;
+    }
+    g_assert_true(g_file_set_contents(file, (char *)rec.bytes->data,
+                                      rec.bytes->len, NULL));
+    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, 0, NULL, NULL,
+                               &out, &err, &status, NULL));
+    unlink(file);
+    g_test_message("analyze-migration.py: %s", err);
+    g_assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    section = strstr(out, "\"netdev/n0/tap-transfer (");
+    g_assert_nonnull(section);
+    g_test_message("%.2000s", section);
+    for (const char *const *f = (const char *const[]) {
+             "\"stream_transfer\": true", "\"tap-transfer/fds\"",
+             "\"stream_queues\": \"0x00000002\"",
+             "\"fd\": \"passed with SCM_RIGHTS\"",
+             "\"tap-transfer/packets\"", "\"stream_nframes\"", NULL };
+         *f; f++) {
+        g_assert_nonnull(strstr(section, *f));
+    }
+}
+
 static void test_hostile_release(void)
 {
     if (!rec.bytes) {
@@ -664,6 +846,12 @@ void tap_transfer_add_hostile_stream_tests(void)
                    test_hostile_fields);
     qtest_add_func("/tap-transfer/hostile-stream/random",
                    test_hostile_random);
+    qtest_add_func("/tap-transfer/hostile-stream/netdev-del",
+                   test_hostile_netdev_del);
+    qtest_add_func("/tap-transfer/hostile-stream/single-queue-tap",
+                   test_hostile_single_queue_tap);
+    qtest_add_func("/tap-transfer/hostile-stream/analyze",
+                   test_hostile_analyze);
     qtest_add_func("/tap-transfer/hostile-stream/release",
                    test_hostile_release);
 }

@@ -53,6 +53,64 @@ static void test_netdev_del(void)
 }
 
 /*
+ * While a migration saves the netdev's state, the netdev stays: no
+ * netdev_del, nor a netdev_add whose state would be missing from the
+ * stream.  Afterwards both work again.
+ */
+static void test_netdev_del_migrating(void)
+{
+    g_autofree char *path = g_build_filename(tmpdir, "stalled-del", NULL);
+    g_autofree char *uri = g_strdup_printf("unix:%s", path);
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    const char *ungoals[] = { "failed", "completed", NULL };
+    int listener;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    /* A destination that accepts nothing: the migration stays active */
+    pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
+    listener = socket(AF_UNIX, SOCK_STREAM, 0);
+    g_assert_cmpint(bind(listener, (struct sockaddr *)&sun, sizeof(sun)),
+                    ==, 0);
+    g_assert_cmpint(listen(listener, 4), ==, 0);
+
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+    migrate_qmp(vm.qts, NULL, uri, NULL, "{}");
+    wait_for_migration_status(vm.qts, "active", ungoals);
+
+    assert_qmp_error(vm.qts, "netdev_del not allowed while migrating: "
+                     "netdev 'n0' has migration state",
+                     "{ 'execute': 'netdev_del',"
+                     "  'arguments': { 'id': 'n0' } }");
+    assert_qmp_error(vm.qts, "netdev n1: a tap-transfer netdev cannot be "
+                     "added while migrating",
+                     "{ 'execute': 'netdev_add', 'arguments':"
+                     " { 'type': 'tap-transfer', 'id': 'n1',"
+                     "   'ifname': 'tt5', 'script': 'no',"
+                     "   'downscript': 'no' } }");
+    g_assert_cmpuint(if_nametoindex("tt5"), ==, 0);
+
+    migrate_cancel(vm.qts);
+    wait_for_migration_status(vm.qts, "cancelled", NULL);
+    wait_migration_cleaned_up(vm.qts);
+    check_traffic(&vm.nic, vm.sock, 0, "after-cancel");
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'netdev_add', 'arguments':"
+                             " { 'type': 'tap-transfer', 'id': 'n1',"
+                             "   'ifname': 'tt5', 'script': 'no',"
+                             "   'downscript': 'no' } }");
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'netdev_del',"
+                             " 'arguments': { 'id': 'n1' } }");
+    g_assert_cmpuint(if_nametoindex("tt5"), ==, 0);
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+    close(listener);
+    unlink(path);
+}
+
+/*
  * The downscript runs exactly once, in whichever QEMU owns the TAP at
  * the end: the one the VM last ran in.  It logs the TAP and the pid of
  * the QEMU that ran it.
@@ -70,6 +128,11 @@ typedef struct DownscriptCase {
     bool dest_never_runs;
     /* With the VM paused, a first handover is refused, then one holds */
     bool refused_first;
+    /*
+     * The destination loads, paused, and hands the TAP on before it ran
+     * the VM; that hop is refused, the destination goes, the source runs
+     */
+    bool onward_refused;
     DownscriptOwner owner;
 } DownscriptCase;
 
@@ -81,6 +144,8 @@ static const DownscriptCase downscript_cases[] = {
       .dest_never_runs = true, .owner = OWNER_SOURCE },
     { "/tap-transfer/downscript/second-handover-after-refused",
       .refused_first = true, .owner = OWNER_DESTINATION },
+    { "/tap-transfer/downscript/onward-refused-before-running",
+      .onward_refused = true, .owner = OWNER_SOURCE },
 };
 
 /* A destination that refuses the state and stays to be looked at */
@@ -127,6 +192,25 @@ static void test_downscript(const void *opaque)
         handover_refused(vm.qts, netdev, NULL);
         resume_source(vm.qts);
         to = NULL;
+    } else if (c->onward_refused) {
+        g_autofree char *status = NULL;
+        g_autofree char *state = NULL;
+
+        to = start_dest(netdev, 1, true, "-S");
+        migrate_to(vm.qts, to, true);
+        /* Through the return path it learns that its hop was refused */
+        migrate_set_capability(to, "return-path", true);
+        handover_refused(to, refusing, "-global migration.x-return-path=on");
+        status = migrate_query_status(to);
+        g_assert_cmpstr(status, ==, "failed");
+        /* Back to idle, and the TAP is not its own: it runs no downscript */
+        state = qom_get_str(to, "n0", "state");
+        g_assert_cmpstr(state, ==, "idle");
+        qtest_quit(to);
+        to = NULL;
+        g_assert_false(g_file_test(log, G_FILE_TEST_EXISTS));
+        qtest_qmp_assert_success(vm.qts, "{ 'execute': 'cont' }");
+        wait_running(vm.qts);
     } else if (c->dest_never_runs) {
         to = start_dest(netdev, 1, true, "-S");
         migrate_to(vm.qts, to, true);
@@ -288,6 +372,8 @@ static void test_ping_pong(void)
 void tap_transfer_add_lifecycle_tests(void)
 {
     qtest_add_func("/tap-transfer/migration/netdev-del", test_netdev_del);
+    qtest_add_func("/tap-transfer/migration/netdev-del-migrating",
+                   test_netdev_del_migrating);
     for (int i = 0; i < ARRAY_SIZE(downscript_cases); i++) {
         qtest_add_data_func(downscript_cases[i].path, &downscript_cases[i],
                             test_downscript);

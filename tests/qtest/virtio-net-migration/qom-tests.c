@@ -19,35 +19,6 @@
 
 #define NETDEV "ifname=tt0,script=no,downscript=no"
 
-/* The response, whose "return" is the value, of any type */
-static QDict *qom_get(QTestState *qts, const char *id, const char *prop)
-{
-    g_autofree char *path = g_strdup_printf("/netdevs/%s", id);
-    QDict *rsp = qtest_qmp(qts, "{ 'execute': 'qom-get', 'arguments': "
-                           "{ 'path': %s, 'property': %s } }", path, prop);
-
-    g_assert_true(qdict_haskey(rsp, "return"));
-    return rsp;
-}
-
-static char *qom_get_str(QTestState *qts, const char *id, const char *prop)
-{
-    QDict *rsp = qom_get(qts, id, prop);
-    char *value = g_strdup(qdict_get_str(rsp, "return"));
-
-    qobject_unref(rsp);
-    return value;
-}
-
-static int64_t qom_get_int(QTestState *qts, const char *id, const char *prop)
-{
-    QDict *rsp = qom_get(qts, id, prop);
-    int64_t value = qdict_get_int(rsp, "return");
-
-    qobject_unref(rsp);
-    return value;
-}
-
 static void assert_state(QTestState *qts, const char *id, const char *state)
 {
     g_autofree char *value = qom_get_str(qts, id, "state");

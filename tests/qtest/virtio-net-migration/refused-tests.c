@@ -321,36 +321,212 @@ static void test_refused_vhost(void)
 }
 
 /*
- * A hostile source: what it hands over is a TUN device, not a TAP.  The
- * source is given the TUN fd with fd=, which -netdev tap accepts.
+ * A device of the test's, made with @flags, handed to a source with
+ * fd=: the destination, given the same fd=, refuses it with @reason and
+ * keeps no fd of it, its own inherited copy included
  */
-static void test_refused_tun(void)
+static void do_refused_tap(short flags, const char *ifname,
+                           const char *reason)
 {
-    struct ifreq ifr = { .ifr_flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR };
+    struct ifreq ifr = { .ifr_flags = flags };
     g_autofree char *netdev = NULL;
     DestOptions dest = { .keep_on_error = true };
     QTestState *from, *to;
-
-    dest.binary_var = logged_qemu();
     int fd;
 
-    if (!need_tap()) {
-        return;
-    }
+    dest.binary_var = logged_qemu();
     fd = open("/dev/net/tun", O_RDWR);
     g_assert_cmpint(fd, >=, 0);
-    pstrcpy(ifr.ifr_name, IFNAMSIZ, "ttun0");
+    pstrcpy(ifr.ifr_name, IFNAMSIZ, ifname);
     g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
     netdev = g_strdup_printf("fd=%d", fd);
 
     from = start_qemu(netdev, 1, NULL);
     to = start_dest_opts(netdev, 1, true, &dest);
-    /* No fd left in it, its own inherited copy of the TUN fd included */
     migrate_refused(from, to, true, 0);
-    assert_logged("netdev n0: queue 0: received device ttun0 is a TUN, not a "
-                  "TAP device\n");
+    assert_logged(reason);
     qtest_quit(from);
     close(fd);
+}
+
+/*
+ * A hostile source: what it hands over is a TUN device, not a TAP.  The
+ * source is given the TUN fd with fd=, which -netdev tap accepts.
+ */
+static void test_refused_tun(void)
+{
+    if (need_tap()) {
+        do_refused_tap(IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, "ttun0",
+                       "netdev n0: queue 0: received device ttun0 is a TUN, "
+                       "not a TAP device\n");
+    }
+}
+
+/* A TAP whose frames come with packet information, which tap.c has not */
+static void test_refused_pi(void)
+{
+    if (need_tap()) {
+        do_refused_tap(IFF_TAP | IFF_VNET_HDR, "ttpi0",
+                       "netdev n0: queue 0: received TAP device ttpi0 "
+                       "prefixes its frames with packet information (no "
+                       "IFF_NO_PI)\n");
+    }
+}
+
+static void wait_job(QTestState *qts, const char *id)
+{
+    gint64 deadline = g_get_monotonic_time() + TIMEOUT_US;
+
+    for (;;) {
+        QDict *rsp = qtest_qmp(qts, "{ 'execute': 'query-jobs' }");
+        QListEntry *e;
+        bool done = false;
+
+        QLIST_FOREACH_ENTRY(qdict_get_qlist(rsp, "return"), e) {
+            QDict *job = qobject_to(QDict, qlist_entry_obj(e));
+
+            if (!strcmp(qdict_get_str(job, "id"), id)) {
+                g_assert_false(qdict_haskey(job, "error"));
+                done = !strcmp(qdict_get_str(job, "status"), "concluded");
+            }
+        }
+        qobject_unref(rsp);
+        if (done) {
+            break;
+        }
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10 * 1000);
+    }
+    qtest_qmp_assert_success(qts, "{ 'execute': 'job-dismiss',"
+                             "  'arguments': { 'id': %s } }", id);
+}
+
+/* A qcow2 image, made by QEMU itself, that can take snapshots */
+static void add_snapshot_disk(QTestState *qts, const char *file)
+{
+    qtest_qmp_assert_success(qts, "{ 'execute': 'blockdev-create',"
+                             "  'arguments': { 'job-id': 'mkfile',"
+                             "    'options': { 'driver': 'file',"
+                             "      'filename': %s, 'size': 0 } } }", file);
+    wait_job(qts, "mkfile");
+    qtest_qmp_assert_success(qts, "{ 'execute': 'blockdev-add',"
+                             "  'arguments': { 'driver': 'file',"
+                             "    'node-name': 'file0', 'filename': %s } }",
+                             file);
+    qtest_qmp_assert_success(qts, "{ 'execute': 'blockdev-create',"
+                             "  'arguments': { 'job-id': 'mkqcow2',"
+                             "    'options': { 'driver': 'qcow2',"
+                             "      'file': 'file0', 'size': 1048576 } } }");
+    wait_job(qts, "mkqcow2");
+    qtest_qmp_assert_success(qts, "{ 'execute': 'blockdev-add',"
+                             "  'arguments': { 'driver': 'qcow2',"
+                             "    'node-name': 'disk0', 'file': 'file0' } }");
+}
+
+/*
+ * A snapshot cannot hold the fds that backend-transfer passes: refused
+ * before the VM stops, and the netdev keeps its TAP (it used to be left
+ * handed over, the downscript off, until a cont).  With the parameter
+ * off the same snapshot is taken.
+ */
+static void test_refused_snapshot(void)
+{
+    g_autofree char *file = g_build_filename(tmpdir, "snap.qcow2", NULL);
+    g_autofree char *refused = NULL;
+    g_autofree char *taken = NULL;
+    g_autofree char *state = NULL;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
+    add_snapshot_disk(vm.qts, file);
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'stop' }");
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
+
+    refused = qtest_hmp(vm.qts, "savevm s1");
+    g_test_message("savevm: %s", refused);
+    g_assert_nonnull(strstr(refused, "backend-transfer is on: a snapshot "
+                            "cannot hold the file descriptors it passes; "
+                            "turn it off to take one"));
+    state = qom_get_str(vm.qts, "n0", "state");
+    g_assert_cmpstr(state, ==, "own");
+
+    migrate_set_parameter_bool(vm.qts, "backend-transfer", false);
+    taken = qtest_hmp(vm.qts, "savevm s1");
+    g_assert_cmpstr(taken, ==, "");
+
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'cont' }");
+    check_traffic(&vm.nic, vm.sock, 0, "after-snapshot");
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+    unlink(file);
+}
+
+/*
+ * A destination has a netdev that the source has not: no section comes
+ * for it, and it stays without TAP.  It says so, naming the netdev, as
+ * the VM starts; and a handover onwards is refused as it begins, before
+ * the VM stops, rather than sending a file descriptor it does not have.
+ */
+static void test_refused_awaiting(void)
+{
+    const char *netdev = "ifname=tt0,script=no,downscript=no";
+    g_autofree char *path = g_build_filename(tmpdir, "onwards", NULL);
+    g_autofree char *uri = g_strdup_printf("unix:%s", path);
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    DestOptions dest = {
+        .binary_var = logged_qemu(),
+        .extra = "-netdev tap-transfer,id=n1,ifname=tt1,script=no,"
+                 "downscript=no",
+    };
+    g_autofree char *state = NULL;
+    g_autofree char *status = NULL;
+    QTestState *to;
+    int listener;
+    QDict *rsp;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, netdev, 1, NULL);
+    to = start_dest_opts(netdev, 1, true, &dest);
+    migrate_to(vm.qts, to, true);
+    qtest_qmp_eventwait(to, "RESUME");
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    state = qom_get_str(to, "n1", "state");
+    g_assert_cmpstr(state, ==, "awaiting");
+
+    pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
+    listener = socket(AF_UNIX, SOCK_STREAM, 0);
+    g_assert_cmpint(bind(listener, (struct sockaddr *)&sun, sizeof(sun)),
+                    ==, 0);
+    g_assert_cmpint(listen(listener, 1), ==, 0);
+    migrate_qmp(to, NULL, uri, NULL, "{}");
+    status = wait_migration_done(to);
+    g_assert_cmpstr(status, ==, "failed");
+    rsp = qtest_qmp_assert_success_ref(to, "{ 'execute': 'query-migrate' }");
+    g_test_message("onwards: %s", qdict_get_try_str(rsp, "error-desc"));
+    g_assert_cmpstr(qdict_get_try_str(rsp, "error-desc"), ==,
+                    "netdev n1 has no TAP device to hand over: no incoming "
+                    "migration brought one");
+    qobject_unref(rsp);
+    wait_migration_cleaned_up(to);
+    /* Refused before the stop: the VM and its network go on */
+    rsp = qtest_qmp_assert_success_ref(to, "{ 'execute': 'query-status' }");
+    g_assert_true(qdict_get_bool(rsp, "running"));
+    qobject_unref(rsp);
+    check_traffic(&vm.nic, vm.sock, 0, "onwards-refused");
+    vm_release(&vm);
+    qtest_quit(to);
+    close(listener);
+    unlink(path);
+    assert_logged("netdev n1: the VM runs, but the incoming migration "
+                  "brought no state for this netdev, which has no TAP "
+                  "device; is it missing on the source?\n");
 }
 
 /* cpr-exec sends fd numbers, not fds: refused up front (QEMU >= 10.2) */
@@ -406,4 +582,8 @@ void tap_transfer_add_refused_tests(void)
     qtest_add_func("/tap-transfer/refused/tun", test_refused_tun);
     qtest_add_func("/tap-transfer/refused/vhost", test_refused_vhost);
     qtest_add_func("/tap-transfer/refused/cpr-exec", test_refused_cpr_exec);
+    qtest_add_func("/tap-transfer/refused/packet-information",
+                   test_refused_pi);
+    qtest_add_func("/tap-transfer/refused/snapshot", test_refused_snapshot);
+    qtest_add_func("/tap-transfer/refused/awaiting", test_refused_awaiting);
 }

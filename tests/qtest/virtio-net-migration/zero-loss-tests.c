@@ -12,6 +12,7 @@
 #include <sys/un.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
+#include <linux/sockios.h>
 #include "qemu/bswap.h"
 #include "qemu/cutils.h"
 #include "qobject/qdict.h"
@@ -248,6 +249,145 @@ static void test_stranded(const void *opaque)
     }
 }
 
+/*
+ * tap.c is not the only sender on behalf of the TAP: a filter-redirector
+ * with queue=tx injects the frames its chardev brings, records of a
+ * big-endian length and the bytes, and those wait in the NIC and are
+ * held at the stop like the others.  Only what a destination takes is
+ * held: before, a frame of 0 bytes or more frames than a queue holds
+ * made the source abort as it saved the state ("Output state
+ * validation failed").
+ */
+#define REDIRECTOR_NETDEV "ifname=tt0,script=no,downscript=no"
+
+static char *redirector_args(void)
+{
+    return g_strdup_printf("-chardev socket,id=c0,path=%s/redirector.sock,"
+                           "server=on,wait=off -object filter-redirector,"
+                           "id=r0,netdev=n0,queue=tx,indev=c0", tmpdir);
+}
+
+static int redirector_connect(void)
+{
+    g_autofree char *path = g_build_filename(tmpdir, "redirector.sock", NULL);
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    int sock = socket(AF_UNIX, SOCK_STREAM, 0);
+
+    g_assert_cmpint(sock, >=, 0);
+    pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
+    g_assert_cmpint(connect(sock, (struct sockaddr *)&sun, sizeof(sun)),
+                    ==, 0);
+    return sock;
+}
+
+/* A frame for the guest behind its vnet header, or 0 bytes */
+static void redirector_send(int sock, const char *payload)
+{
+    static const uint8_t guest[ETH_ALEN] = { 0x52, 0x54, 0, 0x12, 0x34, 0x56 };
+    static const uint8_t host[ETH_ALEN] = { 0x02, 0, 0, 0, 0, 0x02 };
+    uint8_t record[4 + VNET_HDR_SIZE + ETH_FRAME_LEN] = { 0 };
+    size_t len = 0;
+
+    if (payload) {
+        len = VNET_HDR_SIZE + make_frame(record + 4 + VNET_HDR_SIZE, guest,
+                                         host, payload);
+    }
+    stl_be_p(record, len);
+    g_assert_cmpint(send(sock, record, 4 + len, 0), ==, 4 + len);
+}
+
+/* Until QEMU read everything: nothing left in the socket */
+static void redirector_flush(int sock)
+{
+    gint64 deadline = g_get_monotonic_time() + TIMEOUT_US;
+    int unread;
+
+    for (;;) {
+        g_assert_cmpint(ioctl(sock, SIOCOUTQ, &unread), ==, 0);
+        if (!unread) {
+            return;
+        }
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(1000);
+    }
+}
+
+static void test_held_zero_length(void)
+{
+    g_autofree char *extra = redirector_args();
+    uint64_t buf;
+    uint32_t head;
+    QTestState *to;
+    int sock;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    vm_start(&vm, REDIRECTOR_NETDEV, 1, extra);
+    sock = redirector_connect();
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'stop' }");
+    /* The next record ends the empty one */
+    redirector_send(sock, NULL);
+    redirector_send(sock, "redirected");
+    redirector_flush(sock);
+
+    to = start_dest(REDIRECTOR_NETDEV, 1, true, "-S");
+    migrate_to(vm.qts, to, true);
+    g_assert_cmpint(qom_get_int(vm.qts, "n0", "frames-dropped"), ==, 1);
+    g_assert_cmpint(qom_get_int(to, "n0", "frames-held"), ==, 1);
+    qtest_qmp_assert_success(to, "{ 'execute': 'cont' }");
+    wait_running(to);
+    qtest_quit(vm.qts);
+    vm_migrated(&vm, to);
+    buf = nic_post_rx(&vm.nic, 0, &head);
+    nic_expect_rx(&vm.nic, 0, buf, head, "redirected");
+    check_traffic(&vm.nic, vm.sock, 0, "after");
+    vm_release(&vm);
+    qtest_quit(to);
+    close(sock);
+}
+
+static void test_held_over_the_cap(void)
+{
+    /* What a NIC queues from one sender (net/queue.c) */
+    enum { NIC_QUEUE_MAX = 10000 };
+    g_autofree char *extra = redirector_args();
+    QTestState *to;
+    int sock;
+    Vm vm = { 0 };
+
+    if (!need_tap()) {
+        return;
+    }
+    /* The guest posts no receive buffers: the NIC queues what comes */
+    vm_start(&vm, REDIRECTOR_NETDEV, 1, extra);
+    sock = redirector_connect();
+    for (int i = 0; i < NIC_QUEUE_MAX; i++) {
+        redirector_send(sock, "before-the-stop");
+    }
+    redirector_flush(sock);
+    /* Held at the stop, and the NIC's queue takes as many again */
+    qtest_qmp_assert_success(vm.qts, "{ 'execute': 'stop' }");
+    g_assert_cmpint(qom_get_int(vm.qts, "n0", "frames-held"), ==,
+                    NIC_QUEUE_MAX);
+    for (int i = 0; i < NIC_QUEUE_MAX; i++) {
+        redirector_send(sock, "after-the-stop");
+    }
+    redirector_flush(sock);
+
+    to = start_dest(REDIRECTOR_NETDEV, 1, true, "-S");
+    migrate_to(vm.qts, to, true);
+    g_assert_cmpint(qom_get_int(vm.qts, "n0", "frames-dropped"), ==,
+                    NIC_QUEUE_MAX);
+    g_assert_cmpint(qom_get_int(to, "n0", "frames-held"), ==,
+                    NIC_QUEUE_MAX);
+    vm_release(&vm);
+    qtest_quit(vm.qts);
+    qtest_quit(to);
+    close(sock);
+}
+
 void tap_transfer_add_zero_loss_tests(void)
 {
     qtest_add_func("/tap-transfer/migration/zero-loss", test_zero_loss);
@@ -255,4 +395,7 @@ void tap_transfer_add_zero_loss_tests(void)
         qtest_add_data_func(stranded_cases[i].path, &stranded_cases[i],
                             test_stranded);
     }
+    qtest_add_func("/tap-transfer/held/zero-length-frame",
+                   test_held_zero_length);
+    qtest_add_func("/tap-transfer/held/over-the-cap", test_held_over_the_cap);
 }
