@@ -84,7 +84,7 @@ module_obj(TYPE_TAP_TRANSFER);
     (255 - (int)strlen("netdev//tap-transfer-setup"))
 
 /* What a netdev does with its TAP, as qom-get reads it */
-typedef enum TapTransferPhase {
+typedef enum TapTransferState {
     /* On an incoming QEMU, no TAP yet */
     TAP_TRANSFER_AWAITING,
     /* A TAP this QEMU opened, or was given by management */
@@ -96,9 +96,9 @@ typedef enum TapTransferPhase {
     /* Passed to a destination; read again only if the VM runs here again */
     TAP_TRANSFER_HANDED_OVER,
     TAP_TRANSFER__MAX,
-} TapTransferPhase;
+} TapTransferState;
 
-static const char *const tap_transfer_phase_names[TAP_TRANSFER__MAX] = {
+static const char *const tap_transfer_state_names[TAP_TRANSFER__MAX] = {
     [TAP_TRANSFER_AWAITING] = "awaiting",
     [TAP_TRANSFER_OWN] = "own",
     [TAP_TRANSFER_IDLE] = "idle",
@@ -106,8 +106,8 @@ static const char *const tap_transfer_phase_names[TAP_TRANSFER__MAX] = {
     [TAP_TRANSFER_HANDED_OVER] = "handed-over",
 };
 
-static const QEnumLookup tap_transfer_phase_lookup = {
-    .array = tap_transfer_phase_names,
+static const QEnumLookup tap_transfer_state_lookup = {
+    .array = tap_transfer_state_names,
     .size = TAP_TRANSFER__MAX,
 };
 
@@ -140,9 +140,9 @@ struct TapTransfer {
     NetClientState **ncs;
     /* Known when opened here, or from the options on a destination */
     char ifname[IFNAMSIZ];
-    TapTransferPhase phase;
+    TapTransferState state;
     /* Where a handed-over netdev goes back to if the VM runs here again */
-    TapTransferPhase phase_before_handover;
+    TapTransferState state_before_handover;
     /*
      * This QEMU runs the downscript when it ends up owning the TAP: it
      * opened the TAP, or adopted it from a source that would have.
@@ -329,15 +329,15 @@ static void tap_transfer_update_info(TapTransfer *s)
     for (uint32_t i = 0; i < s->queues; i++) {
         qemu_set_info_str(s->ncs[i], "tap-transfer,ifname=%s,queue=%u/%u,%s",
                           s->ifname[0] ? s->ifname : "?", i, s->queues,
-                          how[s->phase]);
+                          how[s->state]);
     }
 }
 
-static void tap_transfer_set_phase(TapTransfer *s, TapTransferPhase phase)
+static void tap_transfer_set_state(TapTransfer *s, TapTransferState state)
 {
-    s->phase = phase;
+    s->state = state;
     tap_transfer_update_info(s);
-    trace_tap_transfer_phase(s->name, tap_transfer_phase_names[phase]);
+    trace_tap_transfer_state(s->name, tap_transfer_state_names[state]);
 }
 
 /*
@@ -386,7 +386,7 @@ static void tap_transfer_update_reading(TapTransfer *s, uint32_t queue)
 {
     tap_set_suspended(s->ncs[queue],
                       !s->vm_running || s->releasing[queue] ||
-                      s->phase == TAP_TRANSFER_HANDED_OVER);
+                      s->state == TAP_TRANSFER_HANDED_OVER);
 }
 
 static TapTransfer *tap_transfer_find_client(NetClientState *nc,
@@ -559,14 +559,14 @@ static void tap_transfer_take_back(TapTransfer *s)
                         s->name, i, strerror(errno));
         }
     }
-    tap_transfer_set_phase(s, s->phase_before_handover);
+    tap_transfer_set_state(s, s->state_before_handover);
     /*
      * A destination that has not run the VM goes back to idle, where
      * the TAP and its downscript are not its own yet: they become so if
      * the VM runs here.
      */
-    tap_transfer_arm_downscript(s, s->phase == TAP_TRANSFER_OWN ||
-                                   s->phase == TAP_TRANSFER_ADOPTED);
+    tap_transfer_arm_downscript(s, s->state == TAP_TRANSFER_OWN ||
+                                   s->state == TAP_TRANSFER_ADOPTED);
     for (uint32_t i = 0; i < s->queues; i++) {
         tap_transfer_update_reading(s, i);
     }
@@ -584,7 +584,7 @@ static int tap_transfer_migration_event(TapTransfer *s, MigrationEvent *e,
     switch (e->type) {
     case MIG_EVENT_PRECOPY_SETUP:
         s->save_transfer = migrate_backend_transfer();
-        if (s->save_transfer && s->phase == TAP_TRANSFER_AWAITING) {
+        if (s->save_transfer && s->state == TAP_TRANSFER_AWAITING) {
             error_setg(errp, "netdev %s has no TAP device to hand over: "
                        "no incoming migration brought one", s->name);
             s->save_transfer = false;
@@ -592,7 +592,7 @@ static int tap_transfer_migration_event(TapTransfer *s, MigrationEvent *e,
         }
         break;
     case MIG_EVENT_PRECOPY_FAILED:
-        if (s->phase == TAP_TRANSFER_HANDED_OVER) {
+        if (s->state == TAP_TRANSFER_HANDED_OVER) {
             tap_transfer_take_back(s);
         }
         s->save_transfer = false;
@@ -635,7 +635,7 @@ static void tap_transfer_vm_change(void *opaque, bool running,
     TapTransfer *s = opaque;
 
     s->vm_running = running;
-    if (s->phase == TAP_TRANSFER_AWAITING) {
+    if (s->state == TAP_TRANSFER_AWAITING) {
         if (running) {
             error_report("netdev %s: the VM runs, but the incoming migration "
                          "brought no state for this netdev, which has no "
@@ -651,12 +651,12 @@ static void tap_transfer_vm_change(void *opaque, bool running,
         tap_transfer_flush_tx(s);
         return;
     }
-    if (s->phase == TAP_TRANSFER_HANDED_OVER) {
+    if (s->state == TAP_TRANSFER_HANDED_OVER) {
         /* The handover was abandoned: the VM runs here again */
         tap_transfer_take_back(s);
-    } else if (s->phase == TAP_TRANSFER_IDLE) {
+    } else if (s->state == TAP_TRANSFER_IDLE) {
         /* The handover held: the TAP is this QEMU's now */
-        tap_transfer_set_phase(s, TAP_TRANSFER_ADOPTED);
+        tap_transfer_set_state(s, TAP_TRANSFER_ADOPTED);
         tap_transfer_arm_downscript(s, true);
     }
     for (uint32_t i = 0; i < s->queues; i++) {
@@ -678,7 +678,7 @@ static int tap_transfer_pre_save(void *opaque)
     if (!s->stream_transfer) {
         return 0;
     }
-    if (s->phase == TAP_TRANSFER_AWAITING) {
+    if (s->state == TAP_TRANSFER_AWAITING) {
         /* The migration's setup refused this already */
         error_report("netdev %s has no TAP device to hand over", s->name);
         return -EINVAL;
@@ -689,9 +689,9 @@ static int tap_transfer_pre_save(void *opaque)
      * from here on, frames stay in the TAP for the destination, and
      * those read but not delivered go with the state.
      */
-    if (s->phase != TAP_TRANSFER_HANDED_OVER) {
-        s->phase_before_handover = s->phase;
-        tap_transfer_set_phase(s, TAP_TRANSFER_HANDED_OVER);
+    if (s->state != TAP_TRANSFER_HANDED_OVER) {
+        s->state_before_handover = s->state;
+        tap_transfer_set_state(s, TAP_TRANSFER_HANDED_OVER);
     }
     for (uint32_t i = 0; i < s->queues; i++) {
         tap_transfer_update_reading(s, i);
@@ -945,7 +945,7 @@ static bool tap_transfer_adopt(TapTransfer *s, Error **errp)
         q->fd = -1;
     }
     s->owns_downscript = s->stream_owns_downscript;
-    tap_transfer_set_phase(s, TAP_TRANSFER_IDLE);
+    tap_transfer_set_state(s, TAP_TRANSFER_IDLE);
     trace_tap_transfer_adopted(s->name, s->queues, s->ifname);
     return true;
 
@@ -1141,7 +1141,7 @@ static int tap_transfer_fds_pre_load(void *opaque)
                      "source's TAP", s->name, MigMode_str(migrate_mode()));
         return -EINVAL;
     }
-    if (s->phase != TAP_TRANSFER_AWAITING || s->stream_queue) {
+    if (s->state != TAP_TRANSFER_AWAITING || s->stream_queue) {
         error_report("netdev %s: already has a TAP device, cannot adopt the "
                      "source's", s->name);
         return -EINVAL;
@@ -1420,7 +1420,7 @@ static bool tap_transfer_attach_own(TapTransfer *s, Error **errp)
     /* As -netdev tap: a TAP that management passed is management's */
     s->owns_downscript = !s->mgmt_fds && s->ifname[0];
     tap_transfer_arm_downscript(s, true);
-    tap_transfer_set_phase(s, TAP_TRANSFER_OWN);
+    tap_transfer_set_state(s, TAP_TRANSFER_OWN);
     for (uint32_t i = 0; i < s->queues; i++) {
         tap_transfer_update_reading(s, i);
     }
@@ -1440,7 +1440,7 @@ static int tap_transfer_load_setup(QEMUFile *f, void *opaque, Error **errp)
 
     s->load_transfer = migrate_backend_transfer();
     trace_tap_transfer_load_setup(s->name, s->load_transfer);
-    if (s->phase != TAP_TRANSFER_AWAITING || s->load_transfer) {
+    if (s->state != TAP_TRANSFER_AWAITING || s->load_transfer) {
         /* Management's fds are for a new TAP, which we do not want */
         tap_transfer_close_fds(s->mgmt_fds, s->n_mgmt_fds);
         return 0;
@@ -1463,7 +1463,7 @@ static int tap_transfer_load_cleanup(void *opaque)
 
     tap_transfer_discard_stream(s);
     if (!runstate_check(RUN_STATE_INMIGRATE) ||
-        s->phase != TAP_TRANSFER_IDLE) {
+        s->state != TAP_TRANSFER_IDLE) {
         return 0;
     }
     for (uint32_t i = 0; i < s->queues; i++) {
@@ -1471,7 +1471,7 @@ static int tap_transfer_load_cleanup(void *opaque)
         g_queue_clear_full(&s->held[i], tap_transfer_frame_free);
     }
     s->owns_downscript = false;
-    tap_transfer_set_phase(s, TAP_TRANSFER_AWAITING);
+    tap_transfer_set_state(s, TAP_TRANSFER_AWAITING);
     trace_tap_transfer_give_back(s->name);
     return 0;
 }
@@ -1640,7 +1640,7 @@ static bool tap_transfer_init_incoming(TapTransfer *s, Error **errp)
     if (opts->ifname) {
         pstrcpy(s->ifname, sizeof(s->ifname), opts->ifname);
     }
-    tap_transfer_set_phase(s, TAP_TRANSFER_AWAITING);
+    tap_transfer_set_state(s, TAP_TRANSFER_AWAITING);
     return true;
 }
 
@@ -1666,7 +1666,7 @@ static bool tap_transfer_init_running(TapTransfer *s, Error **errp)
     }
     /* tap.c armed it if it is to run: a TAP passed as fd= has none */
     s->owns_downscript = tap_has_downscript(ncs[0]);
-    tap_transfer_set_phase(s, TAP_TRANSFER_OWN);
+    tap_transfer_set_state(s, TAP_TRANSFER_OWN);
     return true;
 }
 
@@ -1803,7 +1803,7 @@ static char *tap_transfer_get_ifname(Object *obj, Error **errp)
 
 static int tap_transfer_get_state(Object *obj, Error **errp)
 {
-    return TAP_TRANSFER(obj)->phase;
+    return TAP_TRANSFER(obj)->state;
 }
 
 static void tap_transfer_get_queues(Object *obj, Visitor *v,
@@ -1885,7 +1885,7 @@ static void tap_transfer_class_init(ObjectClass *oc,
     object_class_property_set_description(oc, "queues",
         "the TAP device's queues this netdev uses");
     object_class_property_add_enum(oc, "state", "TapTransferState",
-                                   &tap_transfer_phase_lookup,
+                                   &tap_transfer_state_lookup,
                                    tap_transfer_get_state, NULL);
     object_class_property_set_description(oc, "state",
         "awaiting (incoming, no TAP yet), own, idle (adopted, not read "
