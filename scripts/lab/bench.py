@@ -95,7 +95,7 @@ def operator_run(args, nvms, parallel):
                       'downscript=no')
             vms.append(lab.start_daemon(
                 f'vm{i}', netdev, addr=addr,
-                mac=ttlab.GUEST_MAC[:-2] + f'{0x56 + i:02x}'))
+                mac=ttlab.guest_mac(i)))
         for vm in vms:
             vm.wait_serial('tap-transfer guest ready')
         pings = []

@@ -16,12 +16,6 @@ import time
 import ttlab
 
 
-def lost_before_end(result):
-    """Unanswered pings that a later one was answered after"""
-    last = max((seq for _, seq, _ in result['replies']), default=0)
-    return [seq for seq, _ in result['missing'] if seq < last]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('--stock', required=True,
@@ -93,7 +87,7 @@ def main():
         print('-----------------------------------------------------------')
         r = onboarding
         tap = r['onboard']['taps']['n0']
-        lost = lost_before_end(onboard_ping)
+        lost = onboard_ping['missing']
         print(f"onboarding            QEMU {r['old_version']} (pid "
               f"{r['old_pid']}) -tap-> QEMU {r['new_version']} (pid "
               f"{r['new_pid']}), machine {r['machine']}")
@@ -116,7 +110,7 @@ def main():
                   f"open files {'yes' if r['same_tap_kcmp'] else 'NO'}, same "
                   f"ifindex {'yes' if r['same_ifindex'] else 'NO'}")
         if reports:
-            hop_lost = lost_before_end(handover_ping)
+            hop_lost = handover_ping['missing']
             print(f"  pings               {len(hop_lost)} lost of "
                   f"{handover_ping['sent']} over both; longest reply gap "
                   f"{handover_ping['max_gap_ms']:.1f} ms")

@@ -13,6 +13,7 @@ import os
 import time
 
 import ttlab
+from tap_transfer_host import describe_lost  # noqa: E402  (ttlab's path)
 
 
 def main():
@@ -104,7 +105,7 @@ def main():
                   f"{'yes' if r['same_tap_kcmp'] else 'NO'}; same ifindex: "
                   f"{'yes' if r['same_ifindex'] else 'NO'}")
         print(f"pings sent/received   {result['sent']}/{result['received']}"
-              f"  (lost {result['lost']})")
+              f"  (lost {describe_lost(result)})")
         print(f"longest reply gap     {result['max_gap_ms']:.1f} ms")
         print(f"disk records          {len(acked)} written and acked "
               f"({acked_before} before the upgrade, {acked_after} by the "

@@ -97,7 +97,9 @@ def trial(args, python_dir):
         text = dst.console_text()
         res['oops'] = any(o in text for o in OOPS)
         res['records_after'] = len(dst.acked())
-        res['pings_lost'] = lab.stop_ping(ping)['lost']
+        pings = lab.stop_ping(ping)
+        res['pings_lost'] = pings['lost']
+        res['pings_in_flight'] = pings['in_flight']
         if res['oops']:
             res['console_tail'] = text[-1500:]
     return res

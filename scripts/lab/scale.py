@@ -142,7 +142,7 @@ def fleet_sweep(args):
                       'downscript=no')
             vms.append(lab.start_daemon(
                 f'vm{i}', netdev, addr=f'10.0.0.{i + 2}',
-                mac=ttlab.GUEST_MAC[:-2] + f'{0x56 + i:02x}'))
+                mac=ttlab.guest_mac(i)))
         for vm in vms:
             vm.wait_serial('tap-transfer guest ready')
         targets = [os.path.abspath(to), os.path.abspath(args.qemu)]

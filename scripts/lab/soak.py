@@ -169,24 +169,21 @@ def hop(lab, args, mode, vm, index, netdev, vm_kw):
          'total_ms': stats['total_ms'], 'sent': 0, 'lost': 0,
          'lost_pings': [], 'max_gap_ms': 0}
     for flow, r in enumerate(results):
-        answered = {seq for _, seq, _ in r['replies']}
-        last = max(answered, default=0)
         last_ts = max((ts for ts, _, _ in r['replies']), default=0)
         if stop_at - last_ts > 0.5:
             raise ttlab.LabError(f'handover {index}: no ping reply in the '
                                  f'last {stop_at - last_ts:.1f} s; the guest '
                                  'stopped answering')
-        h['sent'] += last
-        h['max_gap_ms'] = max(h['max_gap_ms'], r['max_gap_ms'] or 0)
-        # unanswered, but answered after: lost.  The ones after the last
-        # reply were still in flight when the ping was stopped.
-        for seq, _ in r['missing']:
-            if seq < last:
-                sent = r['sent_at'].get(seq)
-                h['lost_pings'].append({
-                    'flow': flow, 'seq': seq, 'sent_at': sent,
-                    'after_stop_ms': (sent - t['stop']) * 1000
-                    if sent and 'stop' in t else None})
+        # stopped floods: the pings up to the last answered one count,
+        # the ones after it were still in flight
+        h['sent'] += r['last']
+        h['max_gap_ms'] = max(h['max_gap_ms'], r['max_gap_ms'])
+        for seq in r['missing']:
+            sent = r['sent_at'].get(seq)
+            h['lost_pings'].append({
+                'flow': flow, 'seq': seq, 'sent_at': sent,
+                'after_stop_ms': (sent - t['stop']) * 1000
+                if sent and 'stop' in t else None})
         if 'first_rx' in t:
             later = [ts for ts, _, _ in r['replies'] if ts >= t['first_rx']]
             if later:

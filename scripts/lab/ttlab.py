@@ -6,13 +6,15 @@ flood from the bridge, and local migration between QEMU processes.  All of
 it is torn down on exit, Ctrl-C or failure.
 
 QEMU is run and spoken to with QEMU's own Python tooling (qemu.machine's
-QEMUMachine, qemu.qmp) from the tree that built the QEMU under test.
+QEMUMachine, qemu.qmp) from the tree that built the QEMU under test.  The
+host side (the namespace and its bridge, the ping flood and what counts
+as a lost ping, kcmp and /proc) is the functional tests' own,
+tests/functional/tap_transfer_host.py, found there or beside this file.
 
-Used by demo.py, bench.py and soak.py.
+Used by demo.py, demo-onboard.py, bench.py, soak.py, scale.py,
+ram-copy-repro.py and tests/fleet/fleet_check.py.
 """
 
-import bisect
-import ctypes
 import json
 import os
 import re
@@ -23,12 +25,20 @@ import sys
 import tempfile
 import time
 
-GUEST_ADDR = '10.0.0.2'
-HOST_ADDR = '10.0.0.1'
-GUEST_MAC = '52:54:00:12:34:56'
+HERE = os.path.dirname(os.path.abspath(__file__))
+# tap_transfer_host: in this checkout's tests/functional, or (a copy of
+# the lab elsewhere) beside this file, which is on sys.path already
+FUNCTIONAL = os.path.join(HERE, '..', '..', 'tests', 'functional')
+if os.path.isdir(FUNCTIONAL) and FUNCTIONAL not in sys.path:
+    sys.path.append(FUNCTIONAL)
+# pylint: disable=wrong-import-position
+from tap_transfer_host import (  # noqa: E402
+    GUEST_ADDR, GUEST_MAC, GUEST_READY, PingError, alive, bridge_setup,
+    guest_mac, in_netns, link_names, netns_name, ping_command,
+    ping_once_command, ping_result, same_open_file, tun_fds, write_ifup)
+
 # this checkout's operator command
-UPGRADE_TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                            '..', '..', 'tools', 'tap-transfer-upgrade')
+UPGRADE_TOOL = os.path.join(HERE, '..', '..', 'tools', 'tap-transfer-upgrade')
 
 
 # the log trace backend with -msg timestamp=on: "tid@sec.usec:name args"
@@ -37,15 +47,6 @@ TRACE_LINE = re.compile(r'^\d+@(\d+)\.(\d+):(\w+) ?(.*)$')
 
 class LabError(Exception):
     pass
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-SYS_KCMP = 312          # x86_64
-KCMP_FILE = 0
-
-
-def kcmp_file(pid1, fd1, pid2, fd2):
-    return _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
 
 
 def run_main(main, prog):
@@ -145,21 +146,13 @@ class Vm:
         raise LabError(f'{self.name}: no "{text}" on the console')
 
     def tun_fds(self):
-        fds = []
-        d = f'/proc/{self.pid}/fd'
-        for fd in os.listdir(d):
-            try:
-                if os.readlink(f'{d}/{fd}') == '/dev/net/tun':
-                    fds.append(int(fd))
-            except OSError:
-                pass
-        return fds
+        return tun_fds(self.pid)
 
     def shares_tap_with(self, other):
         """Every TAP fd of @other is an fd of ours: the same open file."""
         mine, theirs = self.tun_fds(), other.tun_fds()
         return len(mine) == len(theirs) > 0 and all(
-            any(kcmp_file(self.pid, a, other.pid, b)
+            any(same_open_file(self.pid, a, other.pid, b)
                 for a in mine) for b in theirs)
 
     def trace(self, pattern, enable=True):
@@ -190,15 +183,6 @@ class Vm:
             self.machine.shutdown(timeout=10)
         except AbnormalShutdown:
             pass
-
-
-def alive(pid):
-    """@pid runs (a zombie counts as gone)."""
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
-    except (OSError, IndexError):
-        return False
 
 
 RECORD_ACK = re.compile(r'^tt-record (\d+) acked', re.M)
@@ -328,7 +312,7 @@ class Lab:
         self.guest_dir = guest_dir
         self.mem = mem
         self.shared_ram = shared_ram
-        self.ns = f'tt-lab-{os.getpid()}'
+        self.ns = netns_name('tt-lab')
         self.dir = None
         self.vms = []
         self.daemons = []
@@ -343,16 +327,10 @@ class Lab:
         signal.signal(signal.SIGTERM, self._terminate)
         signal.signal(signal.SIGINT, self._terminate)
         self.ip('netns', 'add', self.ns)
-        self.nsrun('ip', 'link', 'set', 'lo', 'up')
-        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1')
-        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=1')
-        self.nsrun('ip', 'link', 'add', 'br0', 'type', 'bridge')
-        self.nsrun('ip', 'addr', 'add', f'{HOST_ADDR}/24', 'dev', 'br0')
-        self.nsrun('ip', 'link', 'set', 'br0', 'up')
+        for cmd in bridge_setup(self.ns):
+            subprocess.run(cmd, check=True)
         self.ifup = os.path.join(self.dir, 'ifup')
-        with open(self.ifup, 'w') as f:
-            f.write('#!/bin/sh\nip link set "$1" master br0 up\n')
-        os.chmod(self.ifup, 0o755)
+        write_ifup(self.ifup)
         return self
 
     def _terminate(self, signum, frame):
@@ -388,17 +366,15 @@ class Lab:
         subprocess.run(['ip', *args], check=True)
 
     def nsrun(self, *args, check=True, capture=False):
-        r = subprocess.run(['ip', 'netns', 'exec', self.ns, *args],
-                           check=check, text=True,
-                           capture_output=capture)
+        r = subprocess.run(in_netns(self.ns, *args), check=check,
+                           text=True, capture_output=capture)
         return r.stdout if capture else r
 
     # the network
 
     def links(self):
-        out = self.nsrun('ip', '-o', 'link', 'show', capture=True)
-        return [line.split(':')[1].strip().split('@')[0]
-                for line in out.splitlines()]
+        return link_names(self.nsrun('ip', '-o', 'link', 'show',
+                                     capture=True))
 
     def ifindex(self, ifname):
         out = self.nsrun('cat', f'/sys/class/net/{ifname}/ifindex',
@@ -408,8 +384,7 @@ class Lab:
     def wait_ping(self, addr=GUEST_ADDR, timeout=60):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r = subprocess.run(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
-                                '-c', '1', '-W', '1', addr],
+            r = subprocess.run(ping_once_command(self.ns, addr),
                                capture_output=True)
             if r.returncode == 0:
                 return
@@ -425,71 +400,38 @@ class Lab:
         self._pings_started += 1
         out = open(os.path.join(self.dir, f'ping{self._pings_started}'),
                    'w+')
-        extra = ['-l', str(preload)] if preload else []
-        extra += ['-I', source] if source else []
-        p = subprocess.Popen(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
-                              '-D', '-i', str(interval), '-c', str(count),
-                              '-W', '1', *extra, GUEST_ADDR],
+        p = subprocess.Popen(ping_command(self.ns, GUEST_ADDR, count,
+                                          interval, preload, source),
                              stdout=out, stderr=subprocess.STDOUT, text=True)
         p.out = out
         self.pings.append(p)
         return p
 
     @staticmethod
-    def ping_result(p, timeout=120):
+    def ping_result(p, timeout=120, stopped=False):
+        """What ping @p saw when it ends: tap_transfer_host.ping_result()
+        (sent, received, the lost pings in missing and how many in lost,
+        the longest reply gap, when the lost ones were sent...);
+        @stopped: it was stopped early, see stop_ping()."""
         p.wait(timeout)
         p.out.seek(0)
-        text = p.out.read()
-        replies = []
-        for m in re.finditer(r'^\[([\d.]+)\].*icmp_seq=(\d+).*time=([\d.]+)',
-                             text, re.M):
-            replies.append((float(m.group(1)), int(m.group(2)),
-                            float(m.group(3))))
-        m = re.search(r'(\d+) packets transmitted, (\d+) received', text)
-        if not m:
-            raise LabError(f'no ping summary in: {text[-300:]}')
-        sent, received = int(m.group(1)), int(m.group(2))
-        gaps = [b[0] - a[0] for a, b in zip(replies, replies[1:])]
-        answered = {seq: ts for ts, seq, _ in replies}
-        # each lost ping with the time of the reply before it
-        missing = [(seq, answered.get(seq - 1))
-                   for seq in range(1, sent + 1) if seq not in answered]
-        return {
-            'missing': missing,
-            'sent_at': Lab.sent_at(replies, [seq for seq, _ in missing]),
-            'sent': sent,
-            'received': received,
-            'lost': sent - received,
-            'max_gap_ms': max(gaps) * 1000 if gaps else None,
-            'replies': replies,
-        }
+        try:
+            return ping_result(p.out.read(), stopped)
+        except PingError as e:
+            raise LabError(str(e)) from e
 
     def stop_ping(self, p, timeout=10):
         """End a ping started with start_ping() now, and forget it; its
-        result.  The pings still in flight when it stops count as lost
-        there: compare with the last answered sequence number."""
+        result.  The pings after the last one answered were still in
+        flight when it stopped: not lost, counted in in_flight.  A guest
+        that stopped answering loses nothing that way: look at 'last'
+        or at the replies' times."""
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
-        result = self.ping_result(p, timeout)
+        result = self.ping_result(p, timeout, stopped=True)
         p.out.close()
         self.pings.remove(p)
         return result
-
-    @staticmethod
-    def sent_at(replies, seqs):
-        """When each of @seqs (unanswered) was sent, estimated from the
-        answered neighbours' send times (reply time - RTT): {seq: time}."""
-        sent = sorted((seq, ts - rtt / 1000) for ts, seq, rtt in replies)
-        keys = [seq for seq, _ in sent]
-        out = {}
-        for seq in seqs:
-            i = bisect.bisect_left(keys, seq)
-            if 0 < i < len(sent):
-                (s0, t0), (s1, t1) = sent[i - 1], sent[i]
-                out[seq] = t0 + (t1 - t0) * (seq - s0) / (s1 - s0)
-            elif sent:
-                out[seq] = sent[min(i, len(sent) - 1)][1]
-        return out
 
     # guests
 
@@ -515,7 +457,7 @@ class Lab:
                      '-machine', 'memory-backend=ram0']
         for i in range(nics):
             nd = netdev % i if '%d' in netdev else netdev
-            mac = GUEST_MAC[:-2] + f'{0x56 + i:02x}'
+            mac = guest_mac(i)
             args += ['-netdev', f'{nd},id=n{i}',
                      '-device', f'virtio-net-pci,netdev=n{i},mac={mac}'
                      f'{device_opts}']
@@ -603,7 +545,7 @@ class Lab:
 
     def boot(self, netdev, timeout=60, **kw):
         vm = self.start_vm(netdev, **kw)
-        vm.wait_serial('tap-transfer guest ready', timeout)
+        vm.wait_serial(GUEST_READY, timeout)
         self.wait_ping()
         return vm
 

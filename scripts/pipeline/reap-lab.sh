@@ -1,7 +1,7 @@
 #!/bin/bash
 # Reap what a lab test that was killed left behind: the network
-# namespaces its process PID made (named PREFIX-PID-N, see
-# tests/functional/tap_transfer_lab.py), every process still inside them
+# namespaces its process PID made (named PREFIX-PID-N, see netns_name()
+# in tests/functional/tap_transfer_host.py), every process still inside them
 # (daemonized QEMUs, which left the test's process group, and pings),
 # and their RAM files in /dev/shm.  The namespace's TAPs and bridge go
 # with it.  Does nothing when the test cleaned up after itself.

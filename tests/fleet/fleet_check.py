@@ -128,7 +128,7 @@ class Fleet:
                 ifname = f'tt{i}'
                 kind = 'tap' if name == 'legacy' else 'tap-transfer'
                 netdev = f'{kind},ifname={ifname},script={lab.ifup},downscript=no'
-                mac = ttlab.GUEST_MAC[:-2] + f'{0x56 + i:02x}'
+                mac = ttlab.guest_mac(i)
                 vm = lab.start_daemon(name, netdev, disk_mb=disk, addr=addr,
                                       mac=mac)
                 self.vms[(h, name)] = (vm, addr, ifname)
@@ -301,14 +301,11 @@ class Run:
 
 
 def lost_pings(result):
-    """Pings unanswered before the last answered one (those in flight at
-    the stop do not count)"""
-    seqs = [seq for _, seq, _ in result['replies']]
-    if not seqs:
+    """The lost pings of a stopped flood (those in flight at the stop do
+    not count) and the last one answered; None if none was"""
+    if not result['replies']:
         return None, 0
-    last = max(seqs)
-    lost = [s for s, _ in result['missing'] if s < last]
-    return lost, last
+    return result['missing'], result['last']
 
 
 def flood(fleet, fn):

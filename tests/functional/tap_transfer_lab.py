@@ -1,8 +1,9 @@
 # What the tap-transfer functional tests share: TAPs opened in a network
-# namespace as management software opens them, the kcmp and /proc checks
-# that tell whether two QEMUs hold the same TAP, and the lab each test
+# namespace as management software opens them, and the lab each test
 # makes for itself (TapLabTest): a network namespace with a bridge, an
-# ifup script, ping floods from the bridge.
+# ifup script, ping floods from the bridge.  The host side of it (the
+# namespace's commands, the ping flood and its lost pings, kcmp and
+# /proc) is tap_transfer_host.py, which the lab scripts share.
 #
 # This work is licensed under the terms of the GNU GPL, version 2 or
 # later.  See the COPYING file in the top-level directory.
@@ -12,7 +13,6 @@
 import ctypes
 import fcntl
 import os
-import re
 import shutil
 import struct
 import subprocess
@@ -20,16 +20,15 @@ import time
 
 from qemu_test import QemuSystemTest
 
+from tap_transfer_host import (GUEST_ADDR, PingError, bridge_setup,
+                               describe_lost, in_netns, link_names,
+                               netns_name, ping_command, ping_once_command,
+                               ping_result, write_ifup)
 
-HOST_ADDR = '10.0.0.1'
-GUEST_ADDR = '10.0.0.2'
-GUEST_MAC = '52:54:00:12:34:56'
-GUEST_READY = 'tap-transfer guest ready'
+
 PPS = 500
 
 _libc = ctypes.CDLL(None, use_errno=True)
-SYS_KCMP = 312          # x86_64
-KCMP_FILE = 0
 CLONE_NEWNET = 0x40000000
 TUNSETIFF = 0x400454ca
 IFF_TAP = 0x0002
@@ -74,46 +73,11 @@ def open_tap_in_netns(ns, ifname, queues):
     return fds
 
 
-def same_open_file(pid1, fd1, pid2, fd2):
-    """kcmp(2): are these two fds the same open file description?"""
-    return _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
-
-
-def tun_fds(pid):
-    """The fds of process @pid that are open on /dev/net/tun."""
-    fds = []
-    d = f'/proc/{pid}/fd'
-    for fd in os.listdir(d):
-        try:
-            # the upgrade command matches them the same way
-            if os.readlink(f'{d}/{fd}').endswith('/net/tun'):
-                fds.append(int(fd))
-        except OSError:
-            pass
-    return sorted(fds)
-
-
-def alive(pid):
-    """@pid runs (a zombie counts as gone)."""
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
-    except (OSError, IndexError):
-        return False
-
-
-def ping_replies(text):
-    """The replies in the output of ping -D: (time, sequence number)."""
-    return [(float(m.group(1)), int(m.group(2))) for m in re.finditer(
-        r'^\[([\d.]+)\] .*icmp_seq=(\d+) .*time=', text, re.M)]
-
-
 class TapLabTest(QemuSystemTest):
     """A test with a lab of its own: network namespace self.ns with
-    bridge br0 (HOST_ADDR/24), an ifup script that attaches TAPs to it,
-    ping floods from the bridge; all undone by the test's cleanups."""
-
-    _namespaces = 0
+    bridge br0 (tap_transfer_host.HOST_ADDR/24), an ifup script that
+    attaches TAPs to it, ping floods from the bridge; all undone by the
+    test's cleanups."""
 
     def require_lab(self, *commands):
         """Skip, saying why, without root, /dev/net/tun, the guest
@@ -138,8 +102,7 @@ class TapLabTest(QemuSystemTest):
         self.ifup, @directory/ifup, which puts a TAP on the bridge with
         @link_opts; the ping output goes to @directory too.  @uplink: a
         veth port on the bridge as well."""
-        TapLabTest._namespaces += 1
-        self.ns = f'{prefix}-{os.getpid()}-{self._namespaces}'
+        self.ns = netns_name(prefix)
         self.lab_dir = directory
         self.pings = []
         self.own_fds = []
@@ -150,28 +113,14 @@ class TapLabTest(QemuSystemTest):
                         stderr=subprocess.DEVNULL)
         self.addCleanup(self.kill_pings)
         self.addCleanup(self.close_own_fds)
-        self.nsrun('ip', 'link', 'set', 'lo', 'up')
-        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1')
-        self.nsrun('sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=1')
-        self.nsrun('ip', 'link', 'add', 'br0', 'type', 'bridge')
-        self.nsrun('ip', 'addr', 'add', f'{HOST_ADDR}/24', 'dev', 'br0')
-        if uplink:
-            # as a host's bridge has: the bridge keeps its carrier while
-            # the VM's port is down for a rename
-            self.nsrun('ip', 'link', 'add', 'up0', 'type', 'veth', 'peer',
-                       'name', 'up1')
-            self.nsrun('ip', 'link', 'set', 'up0', 'master', 'br0', 'up')
-            self.nsrun('ip', 'link', 'set', 'up1', 'up')
-        self.nsrun('ip', 'link', 'set', 'br0', 'up')
+        for cmd in bridge_setup(self.ns, uplink):
+            subprocess.run(cmd, check=True, capture_output=True)
         self.ifup = os.path.join(directory, 'ifup')
-        with open(self.ifup, 'w') as f:
-            f.write(f'#!/bin/sh\nip link set "$1" master br0 {link_opts}\n')
-        os.chmod(self.ifup, 0o755)
+        write_ifup(self.ifup, link_opts)
 
     def nsrun(self, *args, check=True):
-        return subprocess.run(['ip', 'netns', 'exec', self.ns, *args],
-                              check=check, capture_output=True,
-                              text=True).stdout
+        return subprocess.run(in_netns(self.ns, *args), check=check,
+                              capture_output=True, text=True).stdout
 
     def kill_pings(self):
         for p in self.pings:
@@ -191,9 +140,7 @@ class TapLabTest(QemuSystemTest):
     # the network
 
     def links(self):
-        return sorted(line.split(':')[1].strip().split('@')[0]
-                      for line in self.nsrun('ip', '-o', 'link',
-                                             'show').splitlines())
+        return sorted(link_names(self.nsrun('ip', '-o', 'link', 'show')))
 
     def ifindex(self, ifname):
         return int(self.nsrun('cat', f'/sys/class/net/{ifname}/ifindex'))
@@ -201,8 +148,7 @@ class TapLabTest(QemuSystemTest):
     def wait_ping(self, addr=GUEST_ADDR, timeout=60):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r = subprocess.run(['ip', 'netns', 'exec', self.ns, 'ping',
-                                '-n', '-c', '1', '-W', '1', addr],
+            r = subprocess.run(ping_once_command(self.ns, addr),
                                capture_output=True, check=False)
             if r.returncode == 0:
                 return
@@ -214,39 +160,33 @@ class TapLabTest(QemuSystemTest):
         outstanding when the next ping goes (-O)."""
         out = open(os.path.join(self.lab_dir, f'ping{len(self.pings)}'),
                    'w+')
-        extra = ['-I', source] if source else []
-        p = subprocess.Popen(['ip', 'netns', 'exec', self.ns, 'ping', '-n',
-                              '-O', '-D', '-i', str(1 / pps),
-                              '-c', str(count), '-W', '1', *extra, addr],
+        p = subprocess.Popen(ping_command(self.ns, addr, count, 1 / pps,
+                                          source=source, outstanding=True),
                              stdout=out, stderr=subprocess.STDOUT, text=True)
         p.out = out
         self.pings.append(p)
         return p
 
-    def ping_result(self, p, timeout=120):
-        """What ping @p saw when it ends: sent, received, lost, the
-        unanswered sequence numbers, the longest gap between replies."""
+    def ping_result(self, p, timeout=120, stopped=False):
+        """What ping @p saw when it ends (tap_transfer_host.ping_result():
+        sent, received, the lost pings in missing and how many in lost,
+        the longest gap between replies...); @stopped: it was stopped
+        early, the pings after the last reply were in flight."""
         p.wait(timeout)
         p.out.seek(0)
         text = p.out.read()
-        replies = ping_replies(text)
-        m = re.search(r'(\d+) packets transmitted, (\d+) received', text)
-        self.assertIsNotNone(m, f'no ping summary in: {text[-300:]}')
-        sent, received = int(m.group(1)), int(m.group(2))
-        answered = {seq for _, seq in replies}
-        missing = [seq for seq in range(1, sent + 1) if seq not in answered]
-        gaps = [b[0] - a[0] for a, b in zip(replies, replies[1:])]
-        return {'sent': sent, 'received': received, 'lost': len(missing),
-                'missing': missing,
-                'max_gap_ms': max(gaps) * 1000 if gaps else 0}
+        try:
+            return ping_result(text, stopped)
+        except PingError as e:
+            self.fail(str(e))
 
     def assert_flows_lossless(self, flows, what=''):
         """Each ping flood of @flows, once it ends, noted (after @what)
         and without a lost ping."""
         for i, p in enumerate(flows):
             r = self.ping_result(p)
-            self.note(f"flow {i}: {what}{r['sent']} pings, lost {r['lost']} "
-                      f"{r['missing'][:10]}, longest reply gap "
+            self.note(f"flow {i}: {what}{r['sent']} pings, lost "
+                      f"{describe_lost(r)}, longest reply gap "
                       f"{r['max_gap_ms']:.1f} ms")
             self.assertEqual(r['lost'], 0,
                              f"flow {i}: pings lost: {r['missing'][:20]}")

@@ -23,7 +23,8 @@ import threading
 import time
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
-from tap_transfer_lab import TapLabTest, alive, tun_fds
+from tap_transfer_host import alive, tun_fds
+from tap_transfer_lab import TapLabTest
 
 ACK = re.compile(r'^tt-record (\d+) acked', re.M)
 RECORDS = 100000

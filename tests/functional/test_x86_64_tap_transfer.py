@@ -26,9 +26,9 @@ import time
 
 from qemu.machine import QEMUMachine
 from qemu_test import QemuSystemTest, wait_for_console_pattern
-from tap_transfer_lab import (GUEST_ADDR, GUEST_MAC, GUEST_READY, PPS,
-                              TapLabTest, open_tap_in_netns, same_open_file,
-                              tun_fds)
+from tap_transfer_host import (GUEST_ADDR, GUEST_MAC, GUEST_READY,
+                               same_open_file, tun_fds)
+from tap_transfer_lab import PPS, TapLabTest, open_tap_in_netns
 
 
 # more flows for the multiqueue case: their hashes spread over the queues

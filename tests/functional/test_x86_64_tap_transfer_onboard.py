@@ -40,9 +40,9 @@ import sys
 import time
 
 from qemu_test import QemuSystemTest
-from tap_transfer_lab import (GUEST_ADDR, GUEST_MAC, GUEST_READY, PPS,
-                              TapLabTest, alive, open_tap_in_netns,
-                              ping_replies)
+from tap_transfer_host import (GUEST_ADDR, GUEST_MAC, GUEST_READY, alive,
+                               describe_lost)
+from tap_transfer_lab import PPS, TapLabTest, open_tap_in_netns
 
 
 RECORDS = 2000
@@ -175,24 +175,19 @@ class TapTransferOnboard(TapLabTest):
         self.fail(f'no "{text}" on the console')
 
     def stop_ping(self, p):
-        """Stop the flood; the unanswered pings that a later one was
-        answered after (those in flight at the end do not count)."""
+        """Stop the flood; its ping_result(), stopped: the lost pings are
+        the unanswered ones that a later one was answered after (those
+        in flight at the end do not count), up to 'last'.  The guest
+        must have answered."""
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
-        p.wait(30)
-        p.out.seek(0)
-        text = p.out.read()
-        replies = ping_replies(text)
-        if not replies:
+        r = self.ping_result(p, 30, stopped=True)
+        if not r['replies']:
             self.dump_network()
-        self.assertTrue(replies, 'the guest stopped answering (network '
-                        f'state in the log): {text[-300:]}')
-        answered = {seq for _, seq in replies}
-        last = max(answered)
-        lost = [s for s in range(1, last) if s not in answered]
-        gaps = [b[0] - a[0] for a, b in zip(replies, replies[1:])]
-        return {'sent': last, 'lost': lost,
-                'max_gap_ms': round(max(gaps) * 1000, 1) if gaps else 0}
+            p.out.seek(0)
+            self.fail('the guest stopped answering (network state in the '
+                      f'log): {p.out.read()[-300:]}')
+        return r
 
     def dump_network(self):
         """What the log needs to explain a guest that stopped answering:
@@ -302,9 +297,9 @@ class TapTransferOnboard(TapLabTest):
         tap = ob['taps']['n0']
         self.note(f"onboarding hop {report['old_version']} -> "
                   f"{report['new_version']}: downtime "
-                  f"{report['downtime_ms']} ms, {r['sent']} pings at "
-                  f"{PPS}/s, lost {len(r['lost'])} {r['lost'][:10]}, longest "
-                  f"reply gap {r['max_gap_ms']} ms; frames lost on the old "
+                  f"{report['downtime_ms']} ms, {r['last']} pings at "
+                  f"{PPS}/s, lost {describe_lost(r)}, longest reply gap "
+                  f"{r['max_gap_ms']:.1f} ms; frames lost on the old "
                   f"TAP (counters) {ob['old_tap_frames_lost']}; "
                   f"{tap['old_ifname']} -> {tap['new_ifname']}"
                   f"{', rename: link down %s ms' % tap['rename_link_down_ms'] if tap.get('renamed') else ''}")
@@ -333,11 +328,12 @@ class TapTransferOnboard(TapLabTest):
         report, r = self.hop(to)
         self.note(f"next hop {report['old_version']} -> "
                   f"{report['new_version']} (handover): downtime "
-                  f"{report['downtime_ms']} ms, {r['sent']} pings, lost "
-                  f"{len(r['lost'])}, longest reply gap {r['max_gap_ms']} ms")
+                  f"{report['downtime_ms']} ms, {r['last']} pings, lost "
+                  f"{describe_lost(r)}, longest reply gap "
+                  f"{r['max_gap_ms']:.1f} ms")
         self.assertTrue(report['same_tap_kcmp'])
         self.assertTrue(report['same_ifindex'])
-        self.assertEqual(r['lost'], [], 'pings lost on the handover')
+        self.assertEqual(r['missing'], [], 'pings lost on the handover')
         self.assertEqual(self.links(), links, 'links came or went')
         self.check_paths(report, version)
 
@@ -441,7 +437,7 @@ class TapTransferOnboard(TapLabTest):
         fdb = self.nsrun('bridge', 'fdb', 'show', 'br', 'br0')
         self.assertIn(f'{GUEST_MAC} dev tap0 master br0', fdb)
         r = self.stop_ping(p)
-        self.note(f"{r['sent']} pings, lost {len(r['lost'])} while the "
+        self.note(f"{r['last']} pings, lost {describe_lost(r)} while the "
                   'onboarding failed')
         # after the failure, a flood of its own: counted in pings, not
         # seconds, so that a loaded host that paces ping slower than
@@ -449,7 +445,7 @@ class TapTransferOnboard(TapLabTest):
         p = self.start_ping(PPS)
         p.wait(60)
         r = self.stop_ping(p)
-        self.assertEqual(r['lost'], [], 'the guest does not answer on the '
+        self.assertEqual(r['missing'], [], 'the guest does not answer on the '
                          'source after the failed onboarding')
 
     def test_onboard_refusals(self):

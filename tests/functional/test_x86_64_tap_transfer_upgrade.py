@@ -28,8 +28,8 @@ import threading
 import time
 
 from qemu_test import QemuSystemTest
-from tap_transfer_lab import (GUEST_READY, PPS, alive, open_tap_in_netns,
-                              same_open_file, tun_fds)
+from tap_transfer_host import GUEST_READY, alive, same_open_file, tun_fds
+from tap_transfer_lab import PPS, open_tap_in_netns
 from tap_transfer_upgrade_lab import UpgradeLabTest, Vm, upgrade_processes
 
 

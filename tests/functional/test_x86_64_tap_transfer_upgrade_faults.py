@@ -26,7 +26,7 @@ import signal
 import time
 
 from qemu_test import QemuSystemTest
-from tap_transfer_lab import GUEST_READY
+from tap_transfer_host import GUEST_READY
 from tap_transfer_upgrade_lab import UpgradeLabTest, Vm, qemu_processes
 
 # the command's phases (docs/tools/tap-transfer-upgrade.rst), but

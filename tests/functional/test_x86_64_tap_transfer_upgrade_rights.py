@@ -28,7 +28,8 @@ import subprocess
 import time
 
 from qemu_test import QemuSystemTest
-from tap_transfer_lab import GUEST_READY, PPS, open_tap_in_netns
+from tap_transfer_host import GUEST_READY
+from tap_transfer_lab import PPS, open_tap_in_netns
 from tap_transfer_upgrade_lab import UpgradeLabTest, Vm, status_ids
 
 # a library that rewrites its process's argv some time after it

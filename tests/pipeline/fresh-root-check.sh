@@ -302,7 +302,8 @@ fi
 # lab (make demo) runs in the root on QEMU's Python tooling, copied in
 if echo "$series" | grep -qx 10.0 && echo "$series" | grep -qx 10.2; then
     mkdir -p "$rootfs/tmp/lab/guest" "$rootfs/tmp/lab/python"
-    cp "$top"/scripts/lab/demo.py "$top"/scripts/lab/ttlab.py "$rootfs/tmp/lab/"
+    cp "$top"/scripts/lab/demo.py "$top"/scripts/lab/ttlab.py \
+       "$top"/tests/functional/tap_transfer_host.py "$rootfs/tmp/lab/"
     cp -r "$(series_src "$root" 10.0)/python/qemu" "$rootfs/tmp/lab/python/"
     cp "$guest/vmlinuz" "$guest/initrd.gz" "$rootfs/tmp/lab/guest/"
     t0=$(date +%s.%N)

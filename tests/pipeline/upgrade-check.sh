@@ -43,8 +43,10 @@ cleanup() {
     while read -r f; do
         pid=$(cat "$f" 2>/dev/null) && [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
     done < <(find "$destdir" -name '*.pid' 2>/dev/null)
-    for ns in $(ip netns list 2>/dev/null | awk '/^tt-lab-[0-9]+/ { print $1 }'); do
-        [ -d "/proc/${ns#tt-lab-}" ] || ip netns del "$ns" 2>/dev/null
+    # tt-lab-PID-N (tap_transfer_host.netns_name())
+    for ns in $(ip netns list 2>/dev/null | awk '/^tt-lab-[0-9]+-[0-9]+/ { print $1 }'); do
+        pid=${ns#tt-lab-}
+        [ -d "/proc/${pid%%-*}" ] || ip netns del "$ns" 2>/dev/null
     done
     rm -rf "$destdir"
 }
