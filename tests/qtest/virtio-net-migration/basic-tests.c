@@ -25,8 +25,9 @@
 
 static void test_module_missing(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     const char *qemu = g_getenv("QTEST_QEMU_BINARY");
-    g_autofree char *lonely = g_build_filename(tmpdir, "qemu-no-modules",
+    g_autofree char *lonely = g_build_filename(env->tmpdir, "qemu-no-modules",
                                                NULL);
     g_autofree char *err = NULL;
     const char *args[] = {
@@ -235,7 +236,7 @@ static void test_fdset_error(void)
     assert_one_line(err);
 }
 
-void tap_transfer_add_basic_tests(void)
+void tap_transfer_add_basic_tests(TapTransferTestEnv *env)
 {
     qtest_add_func("/tap-transfer/module-missing", test_module_missing);
     qtest_add_func("/tap-transfer/netdev-help", test_netdev_help);

@@ -76,6 +76,7 @@ static void test_cross_version_handover(const void *opaque)
  */
 static void test_tunnel_handover(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     const char *netdev = "ifname=tt0,script=no,downscript=no";
     const char *dst_qemu = g_getenv("QTEST_QEMU_BINARY_DST") ?:
                            g_getenv("QTEST_QEMU_BINARY");
@@ -92,9 +93,9 @@ static void test_tunnel_handover(void)
     if (!need_tap()) {
         return;
     }
-    nic_want_features_hi = TUNNEL_FEATURES_HI;
+    env->nic_want_features_hi = TUNNEL_FEATURES_HI;
     vm_start(&vm, netdev, 1, g_getenv("TAP_TRANSFER_SRC_ARGS"));
-    nic_want_features_hi = 0;
+    env->nic_want_features_hi = 0;
     if ((nic_features_hi(&vm.nic) & TUNNEL_FEATURES_HI) !=
         TUNNEL_FEATURES_HI) {
         g_test_skip("the source offers no UDP tunnel offloads (QEMU older "
@@ -104,7 +105,7 @@ static void test_tunnel_handover(void)
         return;
     }
     src_fds = tun_fds(qtest_pid(vm.qts));
-    logged = g_strdup_printf("2>%s/qemu.log %s", tmpdir, dst_qemu);
+    logged = g_strdup_printf("2>%s/qemu.log %s", env->tmpdir, dst_qemu);
     g_setenv("TAP_TRANSFER_LOGGED_DST", logged, true);
     to = start_dest_opts(netdev, 1, true, &dest);
 
@@ -140,6 +141,7 @@ static void test_tunnel_handover(void)
  */
 static void test_cross_version_rss(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     const char *netdev = "ifname=tt0,queues=2,script=no,downscript=no";
     const char *rss = "-global virtio-net-pci.rss=on";
     const char *dst_qemu = g_getenv("QTEST_QEMU_BINARY_DST");
@@ -163,7 +165,7 @@ static void test_cross_version_rss(void)
     }
     nic_set_pairs(&vm.nic, 2);
     nic_enable_rss(&vm.nic, 2);
-    logged = g_strdup_printf("2>%s/qemu.log %s", tmpdir, dst_qemu);
+    logged = g_strdup_printf("2>%s/qemu.log %s", env->tmpdir, dst_qemu);
     g_setenv("TAP_TRANSFER_LOGGED_DST", logged, true);
     to = start_dest_opts(netdev, 2, true, &dest);
     if (!qemu_at_least(vm.qts, 10, 2) || qemu_at_least(to, 10, 2)) {
@@ -181,7 +183,7 @@ out:
     qtest_quit(vm.qts);
 }
 
-void tap_transfer_add_cross_version_tests(void)
+void tap_transfer_add_cross_version_tests(TapTransferTestEnv *env)
 {
     /* On one QEMU, the tunnel state's handover between two of them */
     qtest_add_func("/tap-transfer/migration/tunnel", test_tunnel_handover);
@@ -189,8 +191,8 @@ void tap_transfer_add_cross_version_tests(void)
         !g_getenv("QTEST_QEMU_BINARY_DST")) {
         return;
     }
-    machine_type = g_getenv("TAP_TRANSFER_MACHINE") ?: "pc-i440fx-10.0";
-    src_binary_var = "QTEST_QEMU_BINARY_SRC";
+    env->machine_type = g_getenv("TAP_TRANSFER_MACHINE") ?: "pc-i440fx-10.0";
+    env->src_binary_var = "QTEST_QEMU_BINARY_SRC";
     qtest_add_data_func("/tap-transfer/cross-version/handover",
                         GINT_TO_POINTER(1), test_cross_version_handover);
     qtest_add_data_func("/tap-transfer/cross-version/handover-multiqueue",

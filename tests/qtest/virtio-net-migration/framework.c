@@ -31,13 +31,6 @@
 static const uint8_t guest_mac[ETH_ALEN] = { 0x52, 0x54, 0, 0x12, 0x34, 0x56 };
 static const uint8_t host_mac[ETH_ALEN] = { 0x02, 0, 0, 0, 0, 0x01 };
 
-const char *skip_reason;
-char *tmpdir;
-char *dest_error;
-const char *machine_type = "pc";
-const char *src_binary_var;
-uint32_t nic_want_features_hi;
-
 /* Host side of a TAP device */
 
 int host_tap_attach(const char *ifname)
@@ -147,6 +140,7 @@ void nic_set_features_hi(Nic *n, uint32_t features)
 
 void nic_start(Nic *n, Machine *m, int slot, int pairs)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     QVirtioDevice *vdev;
     uint64_t features;
 
@@ -162,9 +156,9 @@ void nic_start(Nic *n, Machine *m, int slot, int pairs)
     if (pairs == 1) {
         features &= ~(1ull << VIRTIO_NET_F_MQ);
     }
-    if (nic_want_features_hi) {
+    if (env->nic_want_features_hi) {
         nic_set_features_hi(n, nic_features_hi(n) &
-                               nic_want_features_hi);
+                               env->nic_want_features_hi);
     }
     qvirtio_set_features(vdev, features);
     n->nqueues = pairs * 2 + !!(features & (1ull << VIRTIO_NET_F_CTRL_VQ));
@@ -283,12 +277,13 @@ void check_traffic(Nic *n, int sock, int pair, const char *tag)
 QTestState *start_qemu_as(const char *binary_var, const char *netdev,
                           int pairs, const char *extra)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     g_autofree char *mq = pairs > 1 ?
         g_strdup_printf(",mq=on,vectors=%d", 2 * pairs + 2) : g_strdup("");
     g_autofree char *args = g_strdup_printf(
         "-M %s -m 64 -nodefaults -netdev tap-transfer,id=n0,%s "
         "-device virtio-net-pci,netdev=n0,addr=04.0,mac=" GUEST_MAC "%s %s",
-        machine_type, netdev, mq, extra ?: "");
+        env->machine_type, netdev, mq, extra ?: "");
 
     return tap_transfer_qtest_init(binary_var, args);
 }
@@ -296,12 +291,13 @@ QTestState *start_qemu_as(const char *binary_var, const char *netdev,
 QTestState *start_qemu(const char *netdev, int pairs,
                        const char *extra)
 {
-    return start_qemu_as(src_binary_var, netdev, pairs, extra);
+    return start_qemu_as(tap_transfer_get_env()->src_binary_var, netdev,
+                         pairs, extra);
 }
 
 char *migration_uri(void)
 {
-    return g_strdup_printf("unix:%s/migsock", tmpdir);
+    return g_strdup_printf("unix:%s/migsock", tap_transfer_get_env()->tmpdir);
 }
 
 QTestState *start_dest_opts(const char *netdev, int pairs,
@@ -431,8 +427,10 @@ unsigned count_links(void)
 
 bool need_tap(void)
 {
-    if (skip_reason) {
-        g_test_skip(skip_reason);
+    TapTransferTestEnv *env = tap_transfer_get_env();
+
+    if (env->skip_reason) {
+        g_test_skip(env->skip_reason);
         return false;
     }
     return true;
@@ -488,14 +486,15 @@ void resume_source(QTestState *from)
 void migrate_refused(QTestState *from, QTestState *to, bool transfer,
                      unsigned own_fds)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     QDict *rsp;
 
     migrate_start(from, to, transfer);
     wait_incoming_failed(to);
     rsp = qtest_qmp_assert_success_ref(to, "{ 'execute': 'query-migrate' }");
-    g_free(dest_error);
-    dest_error = g_strdup(qdict_get_try_str(rsp, "error-desc"));
-    g_test_message("destination: %s", dest_error);
+    g_free(env->dest_error);
+    env->dest_error = g_strdup(qdict_get_try_str(rsp, "error-desc"));
+    g_test_message("destination: %s", env->dest_error);
     qobject_unref(rsp);
     /* What it received it closes as it cleans up after the failure */
     wait_tun_fds(qtest_pid(to), own_fds);
@@ -572,8 +571,9 @@ void assert_one_line(const char *text)
 
 const char *logged_qemu(void)
 {
-    g_autofree char *logged = g_strdup_printf("2>%s/qemu.log %s", tmpdir,
-                                              g_getenv("QTEST_QEMU_BINARY"));
+    g_autofree char *logged = g_strdup_printf(
+        "2>%s/qemu.log %s", tap_transfer_get_env()->tmpdir,
+        g_getenv("QTEST_QEMU_BINARY"));
 
     g_setenv("TAP_TRANSFER_LOGGED_QEMU", logged, true);
     return "TAP_TRANSFER_LOGGED_QEMU";
@@ -581,6 +581,7 @@ const char *logged_qemu(void)
 
 void assert_reported(const char *log, const char *line)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     g_autofree char *err = NULL;
     g_autofree char *all = NULL;
 
@@ -590,14 +591,15 @@ void assert_reported(const char *log, const char *line)
      * Whatever else is on stderr (a sanitizer's runtime, warnings), the
      * line is there or, from QEMU 10.2 on, in the migration's error.
      */
-    all = g_strdup_printf("%s\n%s\n", err, dest_error ?: "");
+    all = g_strdup_printf("%s\n%s\n", err, env->dest_error ?: "");
     g_test_message("reported: %s", all);
     g_assert_nonnull(strstr(all, line));
 }
 
 void assert_logged(const char *line)
 {
-    g_autofree char *log = g_build_filename(tmpdir, "qemu.log", NULL);
+    g_autofree char *log = g_build_filename(tap_transfer_get_env()->tmpdir,
+                                            "qemu.log", NULL);
 
     assert_reported(log, line);
 }
@@ -787,21 +789,18 @@ bool qemu_at_least(QTestState *qts, int64_t major, int64_t minor)
     return ma > major || (ma == major && mi >= minor);
 }
 
-void setup_namespace(void)
+static const char *setup_namespace(void)
 {
     int fd;
 
     if (geteuid() != 0) {
-        skip_reason = "needs root for TAP devices and a network namespace";
-        return;
+        return "needs root for TAP devices and a network namespace";
     }
     if (access("/dev/net/tun", R_OK | W_OK) < 0) {
-        skip_reason = "needs /dev/net/tun";
-        return;
+        return "needs /dev/net/tun";
     }
     if (unshare(CLONE_NEWNET) < 0) {
-        skip_reason = "cannot create a network namespace";
-        return;
+        return "cannot create a network namespace";
     }
     /* Keep the kernel's own IPv6 chatter off the test TAPs */
     fd = open("/proc/sys/net/ipv6/conf/default/disable_ipv6", O_WRONLY);
@@ -809,4 +808,29 @@ void setup_namespace(void)
         g_assert_cmpint(write(fd, "1", 1), ==, 1);
         close(fd);
     }
+    return NULL;
+}
+
+TapTransferTestEnv *tap_transfer_get_env(void)
+{
+    static TapTransferTestEnv *env;
+
+    if (env) {
+        return env;
+    }
+    env = g_new0(TapTransferTestEnv, 1);
+    env->machine_type = "pc";
+    env->skip_reason = setup_namespace();
+    env->tmpdir = g_dir_make_tmp("tap-transfer-test-XXXXXX", NULL);
+    g_assert_nonnull(env->tmpdir);
+    return env;
+}
+
+void tap_transfer_env_clean(TapTransferTestEnv *env)
+{
+    g_free(env->dest_error);
+    env->dest_error = NULL;
+    rmdir(env->tmpdir);
+    g_free(env->tmpdir);
+    env->tmpdir = NULL;
 }

@@ -27,17 +27,30 @@
 /* Ethernet, IPv4 and UDP headers of host_send_udp()'s frames */
 #define UDP_FRAME_HDR_LEN (ETH_HLEN + 20 + 8)
 
-/* Why the tests that need TAP devices skip, if they do */
-extern const char *skip_reason;
-/* A directory of the test's own, for sockets, logs and scripts */
-extern char *tmpdir;
-/* Why the destination of the last migrate_refused() failed, per QMP */
-extern char *dest_error;
-/* Cross-version runs: a machine type both QEMUs have, the source's QEMU */
-extern const char *machine_type;
-extern const char *src_binary_var;
-/* Feature bits 64..95 that nic_start() negotiates too, if offered */
-extern uint32_t nic_want_features_hi;
+/*
+ * What the cases share, set up once by tap_transfer_get_env(), as
+ * migration-test's MigrationTestEnv
+ */
+typedef struct TapTransferTestEnv {
+    /* Why the cases that need TAP devices skip, or NULL if they can run */
+    const char *skip_reason;
+    /* A directory of the test's own, for sockets, logs and scripts */
+    char *tmpdir;
+    /* Why the destination of the last migrate_refused() failed, per QMP */
+    char *dest_error;
+    /* Cross-version runs: a machine type both QEMUs have, the source QEMU */
+    const char *machine_type;
+    const char *src_binary_var;
+    /* Feature bits 64..95 that nic_start() negotiates too, if offered */
+    uint32_t nic_want_features_hi;
+} TapTransferTestEnv;
+
+/*
+ * The first call moves the test into a network namespace of its own, or
+ * finds why it cannot, and makes its directory
+ */
+TapTransferTestEnv *tap_transfer_get_env(void);
+void tap_transfer_env_clean(TapTransferTestEnv *env);
 
 /* Guest side: virtio-net-pci NICs driven through libqos */
 
@@ -256,19 +269,17 @@ void assert_qmp_error(QTestState *qts, const char *error,
 
 bool qemu_at_least(QTestState *qts, int64_t major, int64_t minor);
 
-void setup_namespace(void);
-
 /* The families of tests, each registering its own */
-void tap_transfer_add_basic_tests(void);
-void tap_transfer_add_handover_tests(void);
-void tap_transfer_add_lifecycle_tests(void);
-void tap_transfer_add_zero_loss_tests(void);
-void tap_transfer_add_management_tests(void);
-void tap_transfer_add_refused_tests(void);
-void tap_transfer_add_cross_version_tests(void);
-void tap_transfer_add_hostile_stream_tests(void);
-void tap_transfer_add_hangup_tests(void);
-void tap_transfer_add_qom_tests(void);
+void tap_transfer_add_basic_tests(TapTransferTestEnv *env);
+void tap_transfer_add_handover_tests(TapTransferTestEnv *env);
+void tap_transfer_add_lifecycle_tests(TapTransferTestEnv *env);
+void tap_transfer_add_zero_loss_tests(TapTransferTestEnv *env);
+void tap_transfer_add_management_tests(TapTransferTestEnv *env);
+void tap_transfer_add_refused_tests(TapTransferTestEnv *env);
+void tap_transfer_add_cross_version_tests(TapTransferTestEnv *env);
+void tap_transfer_add_hostile_stream_tests(TapTransferTestEnv *env);
+void tap_transfer_add_hangup_tests(TapTransferTestEnv *env);
+void tap_transfer_add_qom_tests(TapTransferTestEnv *env);
 
 /* Shared by two families */
 void do_handover(const char *netdev, int pairs,

@@ -241,10 +241,11 @@ static void test_global_property(void)
  */
 void do_cpr_transfer(int pairs, bool defer, const char *dst_var)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     g_autofree char *netdev = g_strdup_printf(
         "ifname=tt0,queues=%d,script=no,downscript=no", pairs);
-    g_autofree char *cpr_path = g_build_filename(tmpdir, "cpr.sock", NULL);
-    g_autofree char *mig_path = g_build_filename(tmpdir, "migsock", NULL);
+    g_autofree char *cpr_path = g_build_filename(env->tmpdir, "cpr.sock", NULL);
+    g_autofree char *mig_path = g_build_filename(env->tmpdir, "migsock", NULL);
     g_autofree char *cpr_channel = g_strdup_printf(
         "cpr,addr.transport=socket,addr.type=unix,addr.path=%s", cpr_path);
     const char *ram = "-machine aux-ram-share=on "
@@ -270,7 +271,7 @@ void do_cpr_transfer(int pairs, bool defer, const char *dst_var)
     dst_args = g_strdup_printf(
         "-M %s -m 64 -nodefaults -netdev tap-transfer,id=n0,%s "
         "-device virtio-net-pci,netdev=n0,addr=04.0,mac=" GUEST_MAC "%s "
-        "%s %s", machine_type, netdev, mq, defer ? "" :
+        "%s %s", env->machine_type, netdev, mq, defer ? "" :
         "-global migration.backend-transfer=on", dst_extra);
     to = tap_transfer_qtest_init_deferred(dst_var, dst_args);
     for (int i = 0; !g_file_test(cpr_path, G_FILE_TEST_EXISTS); i++) {
@@ -331,7 +332,7 @@ static void test_cpr_transfer(const void *opaque)
     }
 }
 
-void tap_transfer_add_handover_tests(void)
+void tap_transfer_add_handover_tests(TapTransferTestEnv *env)
 {
     qtest_add_func("/tap-transfer/migration/handover", test_handover);
     qtest_add_func("/tap-transfer/migration/handover-multiqueue",

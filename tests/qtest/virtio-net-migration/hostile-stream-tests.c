@@ -129,7 +129,8 @@ static void layout_parse(const GByteArray *b, Layout *at)
  */
 static void record_stream(void)
 {
-    g_autofree char *path = g_build_filename(tmpdir, "record.sock", NULL);
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *path = g_build_filename(env->tmpdir, "record.sock", NULL);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
     uint64_t read_before;
@@ -345,10 +346,12 @@ static void replay_free(Replay *r)
  */
 static Replay replay(const GByteArray *stream, bool transfer)
 {
-    g_autofree char *path = g_strdup_printf("%s/replay%d.sock", tmpdir,
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *path = g_strdup_printf("%s/replay%d.sock", env->tmpdir,
                                             worker);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
-    g_autofree char *log = g_strdup_printf("%s/replay%d.log", tmpdir, worker);
+    g_autofree char *log = g_strdup_printf("%s/replay%d.log", env->tmpdir,
+                                           worker);
     g_autofree char *logged = g_strdup_printf("2>%s %s", log,
                                               g_getenv("QTEST_QEMU_BINARY"));
     g_autofree char *status = NULL;
@@ -679,7 +682,8 @@ static void test_hostile_random(void)
  */
 static void test_hostile_netdev_del(void)
 {
-    g_autofree char *path = g_strdup_printf("%s/paused.sock", tmpdir);
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *path = g_strdup_printf("%s/paused.sock", env->tmpdir);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
     g_autofree char *state = NULL;
     const char *ungoals[] = { "failed", "completed", NULL };
@@ -727,8 +731,9 @@ static void test_hostile_netdev_del(void)
  */
 static void test_hostile_single_queue_tap(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
-    g_autofree char *path = g_strdup_printf("%s/single.sock", tmpdir);
+    g_autofree char *path = g_strdup_printf("%s/single.sock", env->tmpdir);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
     g_autofree char *status = NULL;
     g_autoptr(GByteArray) b = NULL;
@@ -772,8 +777,8 @@ static void test_hostile_single_queue_tap(void)
     for (int i = 0; i < HOSTILE_QUEUES; i++) {
         close(fds[i]);
     }
-    g_free(dest_error);
-    dest_error = NULL;
+    g_free(env->dest_error);
+    env->dest_error = NULL;
     assert_logged("netdev n0: queue 0: received TAP device ttsq0 has one "
                   "queue, this QEMU was configured with 2\n");
 }
@@ -784,11 +789,13 @@ static void test_hostile_single_queue_tap(void)
  */
 static void test_hostile_analyze(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     const char *python = g_getenv("PYTHON");
     g_autofree char *dir = g_path_get_dirname(g_getenv("QTEST_QEMU_BINARY"));
     g_autofree char *script = g_build_filename(dir, "scripts",
                                                "analyze-migration.py", NULL);
-    g_autofree char *file = g_build_filename(tmpdir, "recorded.stream", NULL);
+    g_autofree char *file = g_build_filename(env->tmpdir, "recorded.stream",
+                                             NULL);
     const char *argv[] = { python, script, "-f", file, NULL };
     g_autofree char *out = NULL;
     g_autofree char *err = NULL;
@@ -837,7 +844,7 @@ static void test_hostile_release(void)
     qtest_quit(rec.source);
 }
 
-void tap_transfer_add_hostile_stream_tests(void)
+void tap_transfer_add_hostile_stream_tests(TapTransferTestEnv *env)
 {
     /* The first that runs records the stream, the last lets it go */
     qtest_add_func("/tap-transfer/hostile-stream/baseline",

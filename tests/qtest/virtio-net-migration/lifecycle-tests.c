@@ -59,7 +59,8 @@ static void test_netdev_del(void)
  */
 static void test_netdev_del_migrating(void)
 {
-    g_autofree char *path = g_build_filename(tmpdir, "stalled-del", NULL);
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *path = g_build_filename(env->tmpdir, "stalled-del", NULL);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
     const char *ungoals[] = { "failed", "completed", NULL };
@@ -165,9 +166,10 @@ static void handover_refused(QTestState *from, const char *netdev,
 
 static void test_downscript(const void *opaque)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     const DownscriptCase *c = opaque;
-    g_autofree char *script = g_build_filename(tmpdir, "down.sh", NULL);
-    g_autofree char *log = g_build_filename(tmpdir, "down.log", NULL);
+    g_autofree char *script = g_build_filename(env->tmpdir, "down.sh", NULL);
+    g_autofree char *log = g_build_filename(env->tmpdir, "down.log", NULL);
     g_autofree char *body = g_strdup_printf(
         "#!/bin/sh\necho \"$1 $PPID\" >> %s\n", log);
     g_autofree char *netdev = g_strdup_printf(
@@ -293,7 +295,8 @@ static void test_dest_killed(void)
 /* Cancelled in setup or while active: the source keeps reading its TAP */
 static void test_cancel(void)
 {
-    g_autofree char *path = g_build_filename(tmpdir, "stalled", NULL);
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *path = g_build_filename(env->tmpdir, "stalled", NULL);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
     unsigned fds_before;
@@ -369,7 +372,7 @@ static void test_ping_pong(void)
     qtest_quit(vm.qts);
 }
 
-void tap_transfer_add_lifecycle_tests(void)
+void tap_transfer_add_lifecycle_tests(TapTransferTestEnv *env)
 {
     qtest_add_func("/tap-transfer/migration/netdev-del", test_netdev_del);
     qtest_add_func("/tap-transfer/migration/netdev-del-migrating",

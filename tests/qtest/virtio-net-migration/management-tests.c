@@ -282,7 +282,7 @@ static void test_mgmt_vhostfds_count(void)
     qtest_quit(qts);
 }
 
-void tap_transfer_add_management_tests(void)
+void tap_transfer_add_management_tests(TapTransferTestEnv *env)
 {
     for (int i = 0; i < ARRAY_SIZE(mgmt_cases); i++) {
         qtest_add_data_func(mgmt_cases[i].path, &mgmt_cases[i], test_mgmt);

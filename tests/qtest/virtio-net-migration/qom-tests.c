@@ -358,7 +358,7 @@ static void test_renamed_tap(void)
     qtest_quit(to);
 }
 
-void tap_transfer_add_qom_tests(void)
+void tap_transfer_add_qom_tests(TapTransferTestEnv *env)
 {
     qtest_add_func("/tap-transfer/qom/states", test_qom_states);
     qtest_add_func("/tap-transfer/qom/frames-held", test_qom_frames_held);

@@ -25,11 +25,13 @@
 /* ...but with backend-transfer off it must open a TAP, and cannot */
 static void test_unprivileged_transfer_off(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     DestOptions dest = {
         .binary_var = "TAP_TRANSFER_UNPRIVILEGED_QEMU",
         .keep_on_error = true,
     };
-    g_autofree char *log = g_build_filename(tmpdir, "unprivileged.log", NULL);
+    g_autofree char *log = g_build_filename(env->tmpdir, "unprivileged.log",
+                                            NULL);
     g_autofree char *wrapped = NULL;
     QTestState *to;
     Vm vm = { 0 };
@@ -431,7 +433,8 @@ static void add_snapshot_disk(QTestState *qts, const char *file)
  */
 static void test_refused_snapshot(void)
 {
-    g_autofree char *file = g_build_filename(tmpdir, "snap.qcow2", NULL);
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *file = g_build_filename(env->tmpdir, "snap.qcow2", NULL);
     g_autofree char *refused = NULL;
     g_autofree char *taken = NULL;
     g_autofree char *state = NULL;
@@ -472,8 +475,9 @@ static void test_refused_snapshot(void)
  */
 static void test_refused_awaiting(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     const char *netdev = "ifname=tt0,script=no,downscript=no";
-    g_autofree char *path = g_build_filename(tmpdir, "onwards", NULL);
+    g_autofree char *path = g_build_filename(env->tmpdir, "onwards", NULL);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
     DestOptions dest = {
@@ -566,7 +570,7 @@ static void test_refused_cpr_exec(void)
     qtest_quit(vm.qts);
 }
 
-void tap_transfer_add_refused_tests(void)
+void tap_transfer_add_refused_tests(TapTransferTestEnv *env)
 {
     qtest_add_func("/tap-transfer/migration/unprivileged-transfer-off",
                    test_unprivileged_transfer_off);

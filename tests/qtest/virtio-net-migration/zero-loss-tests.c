@@ -262,14 +262,18 @@ static void test_stranded(const void *opaque)
 
 static char *redirector_args(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
+
     return g_strdup_printf("-chardev socket,id=c0,path=%s/redirector.sock,"
                            "server=on,wait=off -object filter-redirector,"
-                           "id=r0,netdev=n0,queue=tx,indev=c0", tmpdir);
+                           "id=r0,netdev=n0,queue=tx,indev=c0", env->tmpdir);
 }
 
 static int redirector_connect(void)
 {
-    g_autofree char *path = g_build_filename(tmpdir, "redirector.sock", NULL);
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *path = g_build_filename(env->tmpdir, "redirector.sock",
+                                             NULL);
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
     int sock = socket(AF_UNIX, SOCK_STREAM, 0);
 
@@ -388,7 +392,7 @@ static void test_held_over_the_cap(void)
     close(sock);
 }
 
-void tap_transfer_add_zero_loss_tests(void)
+void tap_transfer_add_zero_loss_tests(TapTransferTestEnv *env)
 {
     qtest_add_func("/tap-transfer/migration/zero-loss", test_zero_loss);
     for (int i = 0; i < ARRAY_SIZE(stranded_cases); i++) {
