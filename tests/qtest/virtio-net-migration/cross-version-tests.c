@@ -33,9 +33,6 @@ static void test_cross_version_cpr_transfer(void)
     g_autofree char *src = NULL;
     g_autofree char *dst = NULL;
 
-    if (!need_tap()) {
-        return;
-    }
     g_assert_true(run_qemu(NULL, g_getenv("QTEST_QEMU_BINARY_SRC"), version,
                            &src, NULL));
     g_assert_true(run_qemu(NULL, g_getenv("QTEST_QEMU_BINARY_DST"), version,
@@ -59,9 +56,7 @@ static void test_cross_version_handover(const void *opaque)
     g_autofree char *netdev = g_strdup_printf(
         "ifname=tt0,queues=%d,script=no,downscript=no", pairs);
 
-    if (need_tap()) {
-        do_handover(netdev, pairs, "QTEST_QEMU_BINARY_DST");
-    }
+    do_handover(netdev, pairs, "QTEST_QEMU_BINARY_DST");
 }
 
 /* VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO (65), ..._HOST_UDP_TUNNEL_GSO (67) */
@@ -90,9 +85,6 @@ static void test_tunnel_handover(void)
     QTestState *to;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     env->nic_want_features_hi = TUNNEL_FEATURES_HI;
     vm_start(&vm, netdev, 1, g_getenv("TAP_TRANSFER_SRC_ARGS"));
     env->nic_want_features_hi = 0;
@@ -154,9 +146,6 @@ static void test_cross_version_rss(void)
     QTestState *to;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, netdev, 2, rss);
     if (!(qvirtio_get_features(&vm.nic.dev->vdev) &
           (1ull << VIRTIO_NET_F_RSS))) {
@@ -186,21 +175,23 @@ out:
 void tap_transfer_add_cross_version_tests(TapTransferTestEnv *env)
 {
     /* On one QEMU, the tunnel state's handover between two of them */
-    qtest_add_func("/tap-transfer/migration/tunnel", test_tunnel_handover);
+    tap_transfer_test_add("/tap-transfer/migration/tunnel",
+                          test_tunnel_handover);
     if (!g_getenv("QTEST_QEMU_BINARY_SRC") ||
         !g_getenv("QTEST_QEMU_BINARY_DST")) {
         return;
     }
     env->machine_type = g_getenv("TAP_TRANSFER_MACHINE") ?: "pc-i440fx-10.0";
     env->src_binary_var = "QTEST_QEMU_BINARY_SRC";
-    qtest_add_data_func("/tap-transfer/cross-version/handover",
-                        GINT_TO_POINTER(1), test_cross_version_handover);
-    qtest_add_data_func("/tap-transfer/cross-version/handover-multiqueue",
-                        GINT_TO_POINTER(4), test_cross_version_handover);
-    qtest_add_func("/tap-transfer/cross-version/tunnel",
-                   test_tunnel_handover);
-    qtest_add_func("/tap-transfer/cross-version/rss",
-                   test_cross_version_rss);
-    qtest_add_func("/tap-transfer/cross-version/cpr-transfer",
-                   test_cross_version_cpr_transfer);
+    tap_transfer_test_add_data("/tap-transfer/cross-version/handover",
+                               GINT_TO_POINTER(1), test_cross_version_handover);
+    tap_transfer_test_add_data(
+        "/tap-transfer/cross-version/handover-multiqueue",
+        GINT_TO_POINTER(4), test_cross_version_handover);
+    tap_transfer_test_add("/tap-transfer/cross-version/tunnel",
+                          test_tunnel_handover);
+    tap_transfer_test_add("/tap-transfer/cross-version/rss",
+                          test_cross_version_rss);
+    tap_transfer_test_add("/tap-transfer/cross-version/cpr-transfer",
+                          test_cross_version_cpr_transfer);
 }

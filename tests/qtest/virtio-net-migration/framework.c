@@ -436,6 +436,44 @@ bool need_tap(void)
     return true;
 }
 
+typedef struct TapTransferTest {
+    void (*func)(void);
+    void (*data_func)(const void *data);
+    const void *data;
+} TapTransferTest;
+
+static void tap_transfer_test_run(const void *opaque)
+{
+    const TapTransferTest *test = opaque;
+
+    if (!need_tap()) {
+        return;
+    }
+    if (test->func) {
+        test->func();
+    } else {
+        test->data_func(test->data);
+    }
+}
+
+void tap_transfer_test_add(const char *path, void (*fn)(void))
+{
+    TapTransferTest *test = g_new0(TapTransferTest, 1);
+
+    test->func = fn;
+    qtest_add_data_func_full(path, test, tap_transfer_test_run, g_free);
+}
+
+void tap_transfer_test_add_data(const char *path, const void *data,
+                                void (*fn)(const void *data))
+{
+    TapTransferTest *test = g_new0(TapTransferTest, 1);
+
+    test->data_func = fn;
+    test->data = data;
+    qtest_add_data_func_full(path, test, tap_transfer_test_run, g_free);
+}
+
 void wait_running(QTestState *qts)
 {
     gint64 deadline = g_get_monotonic_time() + TIMEOUT_US;

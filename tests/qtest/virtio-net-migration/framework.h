@@ -174,7 +174,22 @@ void assert_same_files(pid_t src, GArray *src_fds, pid_t dst,
 
 unsigned count_links(void);
 
+/*
+ * Whether the host can run the cases that need TAP devices; if not, the
+ * case skips, saying why.  tap_transfer_test_add() checks it for the
+ * cases it registers; a case with a precondition it must check first
+ * calls it itself.
+ */
 bool need_tap(void);
+
+/*
+ * Register a case that needs TAP devices and a network namespace, as
+ * migration-test's migration_test_add(): where the host has none, it
+ * skips with the reason.  Cases that need no TAP use qtest_add_func().
+ */
+void tap_transfer_test_add(const char *path, void (*fn)(void));
+void tap_transfer_test_add_data(const char *path, const void *data,
+                                void (*fn)(const void *data));
 
 /* A failed migration restarts the VM from a bottom half: wait for it */
 void wait_running(QTestState *qts);

@@ -70,23 +70,16 @@ void do_handover(const char *netdev, int pairs,
 
 static void test_handover(void)
 {
-    if (need_tap()) {
-        do_handover("ifname=tt0,script=no,downscript=no", 1, NULL);
-    }
+    do_handover("ifname=tt0,script=no,downscript=no", 1, NULL);
 }
 
 static void test_handover_multiqueue(void)
 {
-    if (need_tap()) {
-        do_handover("ifname=tt0,queues=4,script=no,downscript=no", 4, NULL);
-    }
+    do_handover("ifname=tt0,queues=4,script=no,downscript=no", 4, NULL);
 }
 
 static void test_handover_vhost(void)
 {
-    if (!need_tap()) {
-        return;
-    }
     if (access("/dev/vhost-net", R_OK | W_OK) < 0) {
         g_test_skip("no /dev/vhost-net on this host");
         return;
@@ -99,9 +92,6 @@ static void test_handover_unprivileged(void)
 {
     g_autofree char *wrapped = NULL;
 
-    if (!need_tap()) {
-        return;
-    }
     wrapped = g_strdup_printf("setpriv --bounding-set=-all %s",
                               g_getenv("QTEST_QEMU_BINARY"));
     g_setenv("TAP_TRANSFER_UNPRIVILEGED_QEMU", wrapped, true);
@@ -121,10 +111,6 @@ static void test_four_netdevs(void)
     g_autofree char *uri = migration_uri();
     QTestState *from, *to;
 
-    if (!need_tap()) {
-        g_string_free(args, true);
-        return;
-    }
     for (int i = 0; i < NICS; i++) {
         g_string_append_printf(args, " -netdev tap-transfer,id=n%d,ifname=tt%d,"
                                "queues=%d,script=no,downscript=no "
@@ -173,9 +159,6 @@ static void test_transfer_off(void)
     Vm vm = { 0 };
     int sock1;
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
     check_traffic(&vm.nic, vm.sock, 0, "src");
 
@@ -209,9 +192,6 @@ static void test_global_property(void)
     QDict *rsp;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, netdev, 1, NULL);
     src_tun = tun_fds(qtest_pid(vm.qts));
     to = start_qemu(netdev, 1, extra);
@@ -327,26 +307,26 @@ static void test_cpr_transfer(const void *opaque)
 {
     const CprCase *c = opaque;
 
-    if (need_tap()) {
-        do_cpr_transfer(c->pairs, c->defer, NULL);
-    }
+    do_cpr_transfer(c->pairs, c->defer, NULL);
 }
 
 void tap_transfer_add_handover_tests(TapTransferTestEnv *env)
 {
-    qtest_add_func("/tap-transfer/migration/handover", test_handover);
-    qtest_add_func("/tap-transfer/migration/handover-multiqueue",
-                   test_handover_multiqueue);
-    qtest_add_func("/tap-transfer/migration/handover-vhost",
-                   test_handover_vhost);
-    qtest_add_func("/tap-transfer/migration/handover-unprivileged",
-                   test_handover_unprivileged);
-    qtest_add_func("/tap-transfer/migration/four-netdevs", test_four_netdevs);
-    qtest_add_func("/tap-transfer/migration/global-property",
-                   test_global_property);
+    tap_transfer_test_add("/tap-transfer/migration/handover", test_handover);
+    tap_transfer_test_add("/tap-transfer/migration/handover-multiqueue",
+                          test_handover_multiqueue);
+    tap_transfer_test_add("/tap-transfer/migration/handover-vhost",
+                          test_handover_vhost);
+    tap_transfer_test_add("/tap-transfer/migration/handover-unprivileged",
+                          test_handover_unprivileged);
+    tap_transfer_test_add("/tap-transfer/migration/four-netdevs",
+                          test_four_netdevs);
+    tap_transfer_test_add("/tap-transfer/migration/global-property",
+                          test_global_property);
     for (int i = 0; i < ARRAY_SIZE(cpr_cases); i++) {
-        qtest_add_data_func(cpr_cases[i].path, &cpr_cases[i],
-                            test_cpr_transfer);
+        tap_transfer_test_add_data(cpr_cases[i].path, &cpr_cases[i],
+                                   test_cpr_transfer);
     }
-    qtest_add_func("/tap-transfer/migration/transfer-off", test_transfer_off);
+    tap_transfer_test_add("/tap-transfer/migration/transfer-off",
+                          test_transfer_off);
 }

@@ -257,9 +257,6 @@ static void do_hangup(const HangupCase *c, bool check_order)
     int listener;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     d.log = g_build_filename(env->tmpdir, "hangup-source.log", NULL);
     d.paused = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     unlink(d.log);
@@ -374,10 +371,10 @@ static const HangupCase hangup_cases[] = {
 
 void tap_transfer_add_hangup_tests(TapTransferTestEnv *env)
 {
-    qtest_add_func("/tap-transfer/hangup/refusal-then-fd-send",
-                   test_refusal_then_fd_send);
+    tap_transfer_test_add("/tap-transfer/hangup/refusal-then-fd-send",
+                          test_refusal_then_fd_send);
     for (int i = 0; i < ARRAY_SIZE(hangup_cases); i++) {
-        qtest_add_data_func(hangup_cases[i].path, &hangup_cases[i],
-                            test_hangup);
+        tap_transfer_test_add_data(hangup_cases[i].path, &hangup_cases[i],
+                                   test_hangup);
     }
 }

@@ -28,9 +28,6 @@ static void test_netdev_del(void)
     QTestState *to;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, netdev, 1, NULL);
     qtest_qmp_assert_success(vm.qts, "{ 'execute': 'netdev_add', 'arguments':"
                              " { 'type': 'tap-transfer', 'id': 'n1',"
@@ -67,9 +64,6 @@ static void test_netdev_del_migrating(void)
     int listener;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     /* A destination that accepts nothing: the migration stays active */
     pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
     listener = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -181,9 +175,6 @@ static void test_downscript(const void *opaque)
     QTestState *to, *owner, *other;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     g_assert_true(g_file_set_contents(script, body, -1, NULL));
     g_assert_cmpint(chmod(script, 0755), ==, 0);
     unlink(log);
@@ -274,9 +265,6 @@ static void test_dest_killed(void)
     QTestState *to;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, netdev, 1, NULL);
     fds_before = count_fds(qtest_pid(vm.qts));
     to = start_dest(netdev, 1, true, "-S");
@@ -303,9 +291,6 @@ static void test_cancel(void)
     int listener;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     /* A destination that accepts nothing: the migration stays active */
     pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
     listener = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -344,9 +329,6 @@ static void test_ping_pong(void)
     unsigned ifindex, first_fds = 0;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, netdev, 1, NULL);
     ifindex = if_nametoindex("tt0");
     for (int i = 0; i < HANDOVERS; i++) {
@@ -374,14 +356,16 @@ static void test_ping_pong(void)
 
 void tap_transfer_add_lifecycle_tests(TapTransferTestEnv *env)
 {
-    qtest_add_func("/tap-transfer/migration/netdev-del", test_netdev_del);
-    qtest_add_func("/tap-transfer/migration/netdev-del-migrating",
-                   test_netdev_del_migrating);
+    tap_transfer_test_add("/tap-transfer/migration/netdev-del",
+                          test_netdev_del);
+    tap_transfer_test_add("/tap-transfer/migration/netdev-del-migrating",
+                          test_netdev_del_migrating);
     for (int i = 0; i < ARRAY_SIZE(downscript_cases); i++) {
-        qtest_add_data_func(downscript_cases[i].path, &downscript_cases[i],
-                            test_downscript);
+        tap_transfer_test_add_data(downscript_cases[i].path,
+                                   &downscript_cases[i], test_downscript);
     }
-    qtest_add_func("/tap-transfer/migration/dest-killed", test_dest_killed);
-    qtest_add_func("/tap-transfer/migration/cancel", test_cancel);
-    qtest_add_func("/tap-transfer/migration/ping-pong", test_ping_pong);
+    tap_transfer_test_add("/tap-transfer/migration/dest-killed",
+                          test_dest_killed);
+    tap_transfer_test_add("/tap-transfer/migration/cancel", test_cancel);
+    tap_transfer_test_add("/tap-transfer/migration/ping-pong", test_ping_pong);
 }

@@ -178,9 +178,7 @@ static void test_mgmt(const void *opaque)
 {
     const MgmtCase *c = opaque;
 
-    if (need_tap()) {
-        do_mgmt_handover(c->runtime, c->dest_fds);
-    }
+    do_mgmt_handover(c->runtime, c->dest_fds);
 }
 
 /*
@@ -196,9 +194,6 @@ static void test_mgmt_fdset(void)
     Vm vm = { 0 };
     int fd;
 
-    if (!need_tap()) {
-        return;
-    }
     fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
     g_assert_cmpint(fd, >=, 0);
     pstrcpy(ifr.ifr_name, IFNAMSIZ, "tt0");
@@ -250,9 +245,6 @@ static void test_mgmt_vhostfds_count(void)
     QTestState *qts;
     QDict *rsp;
 
-    if (!need_tap()) {
-        return;
-    }
     qts = qtest_init("-M pc -m 64 -nodefaults -incoming defer");
     fds_before = count_fds(qtest_pid(qts));
     mgmt_open_tap(fds, true);
@@ -285,9 +277,10 @@ static void test_mgmt_vhostfds_count(void)
 void tap_transfer_add_management_tests(TapTransferTestEnv *env)
 {
     for (int i = 0; i < ARRAY_SIZE(mgmt_cases); i++) {
-        qtest_add_data_func(mgmt_cases[i].path, &mgmt_cases[i], test_mgmt);
+        tap_transfer_test_add_data(mgmt_cases[i].path, &mgmt_cases[i],
+                                   test_mgmt);
     }
-    qtest_add_func("/tap-transfer/management/fdset", test_mgmt_fdset);
-    qtest_add_func("/tap-transfer/management/vhostfds-count",
-                   test_mgmt_vhostfds_count);
+    tap_transfer_test_add("/tap-transfer/management/fdset", test_mgmt_fdset);
+    tap_transfer_test_add("/tap-transfer/management/vhostfds-count",
+                          test_mgmt_vhostfds_count);
 }
