@@ -81,7 +81,6 @@ static void test_tunnel_handover(void)
     };
     g_autofree char *logged = NULL;
     g_autoptr(GArray) src_fds = NULL;
-    g_autoptr(GArray) dst_fds = NULL;
     QTestState *to;
     Vm vm = { 0 };
 
@@ -115,8 +114,7 @@ static void test_tunnel_handover(void)
     /* Without the subsection the destination would refuse the features */
     migrate_to(vm.qts, to, true);
     qtest_qmp_eventwait(to, "RESUME");
-    dst_fds = tun_fds(qtest_pid(to));
-    assert_same_files(qtest_pid(vm.qts), src_fds, qtest_pid(to), dst_fds);
+    assert_tap_handed_over(vm.qts, src_fds, to, 0, 0);
     qtest_quit(vm.qts);
     vm_migrated(&vm, to);
     g_assert_cmphex(nic_features_hi(&vm.nic) & TUNNEL_FEATURES_HI, ==,

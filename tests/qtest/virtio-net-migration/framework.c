@@ -661,6 +661,21 @@ void assert_same_files(pid_t src, GArray *src_fds, pid_t dst,
     }
 }
 
+void assert_tap_handed_over(QTestState *from, GArray *src_fds,
+                            QTestState *to, unsigned ifindex,
+                            unsigned links)
+{
+    g_autoptr(GArray) dst_fds = tun_fds(qtest_pid(to));
+
+    assert_same_files(qtest_pid(from), src_fds, qtest_pid(to), dst_fds);
+    if (ifindex) {
+        g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
+    }
+    if (links) {
+        g_assert_cmpuint(count_links(), ==, links);
+    }
+}
+
 /* Migration */
 
 char *migration_uri(void)

@@ -218,6 +218,16 @@ bool same_file(pid_t pid1, int fd1, pid_t pid2, int fd2);
 void assert_same_files(pid_t src, GArray *src_fds, pid_t dst,
                        GArray *dst_fds);
 
+/*
+ * @to adopted the TAP of @from, whose /dev/net/tun fds were @src_fds:
+ * it holds the same open files, as many.  If not 0, @ifindex is tt0's
+ * index and @links the namespace's link count before the handover,
+ * which must be the same after: no device was made anew.
+ */
+void assert_tap_handed_over(QTestState *from, GArray *src_fds,
+                            QTestState *to, unsigned ifindex,
+                            unsigned links);
+
 /* Migration */
 
 typedef struct DestOptions {

@@ -30,7 +30,6 @@ void do_handover(const char *netdev, int pairs,
 {
     DestOptions dest = { .binary_var = dest_binary_var };
     g_autoptr(GArray) src_fds = NULL;
-    g_autoptr(GArray) dst_fds = NULL;
     unsigned ifindex, links;
     uint64_t features;
     QTestState *to;
@@ -54,10 +53,7 @@ void do_handover(const char *netdev, int pairs,
     migrate_to(vm.qts, to, true);
     qtest_qmp_eventwait(to, "RESUME");
 
-    dst_fds = tun_fds(qtest_pid(to));
-    assert_same_files(qtest_pid(vm.qts), src_fds, qtest_pid(to), dst_fds);
-    g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
-    g_assert_cmpuint(count_links(), ==, links);
+    assert_tap_handed_over(vm.qts, src_fds, to, ifindex, links);
 
     /* The source's exit leaves the TAP to the destination */
     qtest_quit(vm.qts);
@@ -187,7 +183,6 @@ static void test_global_property(void)
     g_autofree char *extra = g_strdup_printf(
         "-global migration.backend-transfer=on -incoming %s", uri);
     g_autoptr(GArray) src_tun = NULL;
-    g_autoptr(GArray) dst_tun = NULL;
     QTestState *to;
     QDict *rsp;
     Vm vm = { 0 };
@@ -202,8 +197,7 @@ static void test_global_property(void)
 
     migrate_to(vm.qts, to, true);
     qtest_qmp_eventwait(to, "RESUME");
-    dst_tun = tun_fds(qtest_pid(to));
-    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
+    assert_tap_handed_over(vm.qts, src_tun, to, 0, 0);
     qtest_quit(vm.qts);
     vm_migrated(&vm, to);
     check_traffic(&vm.nic, vm.sock, 0, "global");
@@ -238,7 +232,6 @@ void do_cpr_transfer(int pairs, bool defer, const char *dst_var)
     g_autofree char *mq = pairs > 1 ?
         g_strdup_printf(",mq=on,vectors=%d", 2 * pairs + 2) : g_strdup("");
     g_autoptr(GArray) src_tun = NULL;
-    g_autoptr(GArray) dst_tun = NULL;
     unsigned ifindex;
     QTestState *to;
     Vm vm = { 0 };
@@ -281,9 +274,7 @@ void do_cpr_transfer(int pairs, bool defer, const char *dst_var)
     /* Its RESUME event may have gone out before the monitor connected */
     wait_running(to);
 
-    dst_tun = tun_fds(qtest_pid(to));
-    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
-    g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
+    assert_tap_handed_over(vm.qts, src_tun, to, ifindex, 0);
     qtest_quit(vm.qts);
     vm_migrated(&vm, to);
     vm_finish(&vm, pairs, "cpr-after");

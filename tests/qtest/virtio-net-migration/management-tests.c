@@ -108,7 +108,6 @@ static void do_mgmt_handover(bool runtime, bool dest_fds)
 {
     int src_fds[MGMT_QUEUES], dst_given[MGMT_QUEUES], chan[2];
     g_autoptr(GArray) src_tun = NULL;
-    g_autoptr(GArray) dst_tun = NULL;
     unsigned ifindex, links;
     QTestState *to;
     Vm vm = { 0 };
@@ -151,10 +150,7 @@ static void do_mgmt_handover(bool runtime, bool dest_fds)
     qtest_qmp_eventwait(to, "RESUME");
 
     /* Only the source's queues, not one of those passed to it */
-    dst_tun = tun_fds(qtest_pid(to));
-    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
-    g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
-    g_assert_cmpuint(count_links(), ==, links);
+    assert_tap_handed_over(vm.qts, src_tun, to, ifindex, links);
 
     qtest_quit(vm.qts);
     vm_migrated(&vm, to);
@@ -189,7 +185,6 @@ static void test_mgmt_fdset(void)
 {
     struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
     g_autoptr(GArray) src_tun = NULL;
-    g_autoptr(GArray) dst_tun = NULL;
     QTestState *to;
     Vm vm = { 0 };
     int fd;
@@ -223,8 +218,7 @@ static void test_mgmt_fdset(void)
     to = start_dest("script=no,downscript=no", 1, true, NULL);
     migrate_to(vm.qts, to, true);
     qtest_qmp_eventwait(to, "RESUME");
-    dst_tun = tun_fds(qtest_pid(to));
-    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
+    assert_tap_handed_over(vm.qts, src_tun, to, 0, 0);
     qtest_quit(vm.qts);
     vm_migrated(&vm, to);
     check_traffic(&vm.nic, vm.sock, 0, "fdset-dst");
