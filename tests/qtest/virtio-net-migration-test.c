@@ -6,6 +6,11 @@
  * network namespace of its own; the families of tests live beside it,
  * one file each, as QEMU's migration-test does.
  *
+ * The suite is named after the netdev it tests: its paths are
+ * /ARCH/tap-transfer/..., its functions tap_transfer_*, its environment
+ * variables TAP_TRANSFER_*.  Only the binary and its directory go by
+ * what the test drives, as QEMU's qtests do: virtio-net-migration-test.
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 

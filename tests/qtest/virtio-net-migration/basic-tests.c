@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, without migration: frames both ways,
+ * tap-transfer tests, without migration: frames both ways,
  * multiqueue, -netdev help and the errors before a TAP exists
  *
  * SPDX-License-Identifier: GPL-2.0-or-later

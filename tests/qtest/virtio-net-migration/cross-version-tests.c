@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, between two QEMU versions
+ * tap-transfer tests, between two QEMU versions
  * ($QTEST_QEMU_BINARY_SRC and _DST): upgrade and rollback handovers, and
  * the state only one of them has
  *

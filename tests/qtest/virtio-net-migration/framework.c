@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test's framework
+ * The tap-transfer tests' framework
  *
  * The test moves into a network namespace of its own, so the TAP
  * devices the QEMUs create vanish with it, also when a test fails.

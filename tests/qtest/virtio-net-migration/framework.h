@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test's framework: a network namespace of the
+ * The tap-transfer tests' framework: a network namespace of the
  * test's own, the host side of its TAP devices, virtio-net NICs driven
  * through libqos, and pairs of QEMUs that hand a TAP over
  *
@@ -320,4 +320,4 @@ void do_handover(const char *netdev, int pairs,
                  const char *dest_binary_var);
 void do_cpr_transfer(int pairs, bool defer, const char *dst_var);
 
-#endif
+#endif /* TAP_TRANSFER_TEST_FRAMEWORK_H */

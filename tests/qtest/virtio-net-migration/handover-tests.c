@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, the handover itself: the destination adopts
+ * tap-transfer tests, the handover itself: the destination adopts
  * the source's TAP, with one queue, four, several netdevs, a destination
  * without privilege, cpr-transfer, and the ordinary migration with backend-
  * transfer off

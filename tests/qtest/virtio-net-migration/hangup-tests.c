@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, hang-ups: a destination that goes away, or
+ * tap-transfer tests, hang-ups: a destination that goes away, or
  * refuses on the return path, at each place in the tap-transfer section
  *
  * The destination is the test itself.  It takes the source's stream on

@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, a hostile stream: a real handover stream,
+ * tap-transfer tests, a hostile stream: a real handover stream,
  * recorded with the TAP file descriptors it passed, replayed into fresh
  * destinations with the tap-transfer section changed, field by field
  * and at random

@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, what happens around a handover: netdev_del,
+ * tap-transfer tests, what happens around a handover: netdev_del,
  * the downscript, a destination that goes away, cancel, ping-pong
  *
  * SPDX-License-Identifier: GPL-2.0-or-later

@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, management's ways: TAP queues passed as fds=,
+ * tap-transfer tests, management's ways: TAP queues passed as fds=,
  * on the command line or at run time, fd: migration channels, fd sets
  *
  * SPDX-License-Identifier: GPL-2.0-or-later

@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, the netdev as management sees it: a QOM
+ * tap-transfer tests, the netdev as management sees it: a QOM
  * object at /netdevs/ID whose properties follow the handover, and
  * migration sections keyed by the netdev id rather than by the order in
  * which netdevs were created

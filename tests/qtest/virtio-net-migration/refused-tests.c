@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, what is refused, and how: channels that cannot
+ * tap-transfer tests, what is refused, and how: channels that cannot
  * pass fds, mismatched sides, a source that hands over something else than
  * a TAP
  *

@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, zero loss: frames that wait in the TAP, or
+ * tap-transfer tests, zero loss: frames that wait in the TAP, or
  * that QEMU read but the guest did not get yet, reach the guest once, in
  * order
  *
