@@ -6,6 +6,11 @@
  * network namespace of its own; the families of tests live beside it,
  * one file each, as QEMU's migration-test does.
  *
+ * The suite is named after the netdev it tests: its paths are
+ * /ARCH/tap-transfer/..., its functions tap_transfer_*, its environment
+ * variables TAP_TRANSFER_*.  Only the binary and its directory go by
+ * what the test drives, as QEMU's qtests do: virtio-net-migration-test.
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
@@ -15,27 +20,24 @@
 
 int main(int argc, char **argv)
 {
+    TapTransferTestEnv *env;
     int ret;
 
     g_test_init(&argc, &argv, NULL);
-    setup_namespace();
-    tmpdir = g_dir_make_tmp("tap-transfer-test-XXXXXX", NULL);
-    g_assert_nonnull(tmpdir);
+    env = tap_transfer_get_env();
 
-    tap_transfer_add_basic_tests();
-    tap_transfer_add_handover_tests();
-    tap_transfer_add_lifecycle_tests();
-    tap_transfer_add_zero_loss_tests();
-    tap_transfer_add_management_tests();
-    tap_transfer_add_refused_tests();
-    tap_transfer_add_cross_version_tests();
-    tap_transfer_add_hostile_stream_tests();
-    tap_transfer_add_hangup_tests();
-    tap_transfer_add_qom_tests();
+    tap_transfer_add_basic_tests(env);
+    tap_transfer_add_handover_tests(env);
+    tap_transfer_add_lifecycle_tests(env);
+    tap_transfer_add_zero_loss_tests(env);
+    tap_transfer_add_management_tests(env);
+    tap_transfer_add_refused_tests(env);
+    tap_transfer_add_cross_version_tests(env);
+    tap_transfer_add_hostile_stream_tests(env);
+    tap_transfer_add_hangup_tests(env);
+    tap_transfer_add_qom_tests(env);
 
     ret = g_test_run();
-    g_free(dest_error);
-    rmdir(tmpdir);
-    g_free(tmpdir);
+    tap_transfer_env_clean(env);
     return ret;
 }

@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, without migration: frames both ways,
+ * tap-transfer tests, without migration: frames both ways,
  * multiqueue, -netdev help and the errors before a TAP exists
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -25,8 +25,9 @@
 
 static void test_module_missing(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     const char *qemu = g_getenv("QTEST_QEMU_BINARY");
-    g_autofree char *lonely = g_build_filename(tmpdir, "qemu-no-modules",
+    g_autofree char *lonely = g_build_filename(env->tmpdir, "qemu-no-modules",
                                                NULL);
     g_autofree char *err = NULL;
     const char *args[] = {
@@ -81,9 +82,6 @@ static void test_rx_tx(void)
 {
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
     check_traffic(&vm.nic, vm.sock, 0, "plain");
     vm_release(&vm);
@@ -94,9 +92,6 @@ static void test_multiqueue(void)
 {
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, "ifname=tt0,queues=4,script=no,downscript=no", 4, NULL);
     g_assert_cmpuint(count_tun_fds(qtest_pid(vm.qts)), ==, 4);
 
@@ -125,9 +120,6 @@ static void test_unprivileged_open(void)
         NULL
     };
 
-    if (!need_tap()) {
-        return;
-    }
     g_assert_false(run_qemu(setpriv, g_getenv("QTEST_QEMU_BINARY"), args,
                             NULL, &err));
     g_assert_nonnull(strstr(err, "netdev n0: this QEMU lacks CAP_NET_ADMIN"));
@@ -198,9 +190,6 @@ static void test_long_id(void)
     g_autofree char *state = NULL;
     QTestState *qts;
 
-    if (!need_tap()) {
-        return;
-    }
     qts = qtest_init("-M none");
     assert_qmp_error(qts, "the id of a tap-transfer netdev names its "
                      "migration sections: at most 229 characters, not 230",
@@ -235,17 +224,18 @@ static void test_fdset_error(void)
     assert_one_line(err);
 }
 
-void tap_transfer_add_basic_tests(void)
+void tap_transfer_add_basic_tests(TapTransferTestEnv *env)
 {
     qtest_add_func("/tap-transfer/module-missing", test_module_missing);
     qtest_add_func("/tap-transfer/netdev-help", test_netdev_help);
     qtest_add_func("/tap-transfer/bad-options", test_bad_options);
-    qtest_add_func("/tap-transfer/rx-tx", test_rx_tx);
-    qtest_add_func("/tap-transfer/multiqueue", test_multiqueue);
-    qtest_add_func("/tap-transfer/unprivileged-open", test_unprivileged_open);
+    tap_transfer_test_add("/tap-transfer/rx-tx", test_rx_tx);
+    tap_transfer_test_add("/tap-transfer/multiqueue", test_multiqueue);
+    tap_transfer_test_add("/tap-transfer/unprivileged-open",
+                          test_unprivileged_open);
     qtest_add_func("/tap-transfer/not-compiled", test_not_compiled);
     qtest_add_func("/tap-transfer/qom-type-before-use",
                    test_qom_type_before_use);
-    qtest_add_func("/tap-transfer/long-id", test_long_id);
+    tap_transfer_test_add("/tap-transfer/long-id", test_long_id);
     qtest_add_func("/tap-transfer/fdset-error", test_fdset_error);
 }

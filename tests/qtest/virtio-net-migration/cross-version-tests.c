@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, between two QEMU versions
+ * tap-transfer tests, between two QEMU versions
  * ($QTEST_QEMU_BINARY_SRC and _DST): upgrade and rollback handovers, and
  * the state only one of them has
  *
@@ -33,9 +33,6 @@ static void test_cross_version_cpr_transfer(void)
     g_autofree char *src = NULL;
     g_autofree char *dst = NULL;
 
-    if (!need_tap()) {
-        return;
-    }
     g_assert_true(run_qemu(NULL, g_getenv("QTEST_QEMU_BINARY_SRC"), version,
                            &src, NULL));
     g_assert_true(run_qemu(NULL, g_getenv("QTEST_QEMU_BINARY_DST"), version,
@@ -59,9 +56,7 @@ static void test_cross_version_handover(const void *opaque)
     g_autofree char *netdev = g_strdup_printf(
         "ifname=tt0,queues=%d,script=no,downscript=no", pairs);
 
-    if (need_tap()) {
-        do_handover(netdev, pairs, "QTEST_QEMU_BINARY_DST");
-    }
+    do_handover(netdev, pairs, "QTEST_QEMU_BINARY_DST");
 }
 
 /* VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO (65), ..._HOST_UDP_TUNNEL_GSO (67) */
@@ -76,6 +71,7 @@ static void test_cross_version_handover(const void *opaque)
  */
 static void test_tunnel_handover(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     const char *netdev = "ifname=tt0,script=no,downscript=no";
     const char *dst_qemu = g_getenv("QTEST_QEMU_BINARY_DST") ?:
                            g_getenv("QTEST_QEMU_BINARY");
@@ -85,16 +81,12 @@ static void test_tunnel_handover(void)
     };
     g_autofree char *logged = NULL;
     g_autoptr(GArray) src_fds = NULL;
-    g_autoptr(GArray) dst_fds = NULL;
     QTestState *to;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
-    nic_want_features_hi = TUNNEL_FEATURES_HI;
+    env->nic_want_features_hi = TUNNEL_FEATURES_HI;
     vm_start(&vm, netdev, 1, g_getenv("TAP_TRANSFER_SRC_ARGS"));
-    nic_want_features_hi = 0;
+    env->nic_want_features_hi = 0;
     if ((nic_features_hi(&vm.nic) & TUNNEL_FEATURES_HI) !=
         TUNNEL_FEATURES_HI) {
         g_test_skip("the source offers no UDP tunnel offloads (QEMU older "
@@ -104,7 +96,7 @@ static void test_tunnel_handover(void)
         return;
     }
     src_fds = tun_fds(qtest_pid(vm.qts));
-    logged = g_strdup_printf("2>%s/qemu.log %s", tmpdir, dst_qemu);
+    logged = g_strdup_printf("2>%s/qemu.log %s", env->tmpdir, dst_qemu);
     g_setenv("TAP_TRANSFER_LOGGED_DST", logged, true);
     to = start_dest_opts(netdev, 1, true, &dest);
 
@@ -122,8 +114,7 @@ static void test_tunnel_handover(void)
     /* Without the subsection the destination would refuse the features */
     migrate_to(vm.qts, to, true);
     qtest_qmp_eventwait(to, "RESUME");
-    dst_fds = tun_fds(qtest_pid(to));
-    assert_same_files(qtest_pid(vm.qts), src_fds, qtest_pid(to), dst_fds);
+    assert_tap_handed_over(vm.qts, src_fds, to, 0, 0);
     qtest_quit(vm.qts);
     vm_migrated(&vm, to);
     g_assert_cmphex(nic_features_hi(&vm.nic) & TUNNEL_FEATURES_HI, ==,
@@ -140,6 +131,7 @@ static void test_tunnel_handover(void)
  */
 static void test_cross_version_rss(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     const char *netdev = "ifname=tt0,queues=2,script=no,downscript=no";
     const char *rss = "-global virtio-net-pci.rss=on";
     const char *dst_qemu = g_getenv("QTEST_QEMU_BINARY_DST");
@@ -152,9 +144,6 @@ static void test_cross_version_rss(void)
     QTestState *to;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, netdev, 2, rss);
     if (!(qvirtio_get_features(&vm.nic.dev->vdev) &
           (1ull << VIRTIO_NET_F_RSS))) {
@@ -163,7 +152,7 @@ static void test_cross_version_rss(void)
     }
     nic_set_pairs(&vm.nic, 2);
     nic_enable_rss(&vm.nic, 2);
-    logged = g_strdup_printf("2>%s/qemu.log %s", tmpdir, dst_qemu);
+    logged = g_strdup_printf("2>%s/qemu.log %s", env->tmpdir, dst_qemu);
     g_setenv("TAP_TRANSFER_LOGGED_DST", logged, true);
     to = start_dest_opts(netdev, 2, true, &dest);
     if (!qemu_at_least(vm.qts, 10, 2) || qemu_at_least(to, 10, 2)) {
@@ -181,24 +170,26 @@ out:
     qtest_quit(vm.qts);
 }
 
-void tap_transfer_add_cross_version_tests(void)
+void tap_transfer_add_cross_version_tests(TapTransferTestEnv *env)
 {
     /* On one QEMU, the tunnel state's handover between two of them */
-    qtest_add_func("/tap-transfer/migration/tunnel", test_tunnel_handover);
+    tap_transfer_test_add("/tap-transfer/migration/tunnel",
+                          test_tunnel_handover);
     if (!g_getenv("QTEST_QEMU_BINARY_SRC") ||
         !g_getenv("QTEST_QEMU_BINARY_DST")) {
         return;
     }
-    machine_type = g_getenv("TAP_TRANSFER_MACHINE") ?: "pc-i440fx-10.0";
-    src_binary_var = "QTEST_QEMU_BINARY_SRC";
-    qtest_add_data_func("/tap-transfer/cross-version/handover",
-                        GINT_TO_POINTER(1), test_cross_version_handover);
-    qtest_add_data_func("/tap-transfer/cross-version/handover-multiqueue",
-                        GINT_TO_POINTER(4), test_cross_version_handover);
-    qtest_add_func("/tap-transfer/cross-version/tunnel",
-                   test_tunnel_handover);
-    qtest_add_func("/tap-transfer/cross-version/rss",
-                   test_cross_version_rss);
-    qtest_add_func("/tap-transfer/cross-version/cpr-transfer",
-                   test_cross_version_cpr_transfer);
+    env->machine_type = g_getenv("TAP_TRANSFER_MACHINE") ?: "pc-i440fx-10.0";
+    env->src_binary_var = "QTEST_QEMU_BINARY_SRC";
+    tap_transfer_test_add_data("/tap-transfer/cross-version/handover",
+                               GINT_TO_POINTER(1), test_cross_version_handover);
+    tap_transfer_test_add_data(
+        "/tap-transfer/cross-version/handover-multiqueue",
+        GINT_TO_POINTER(4), test_cross_version_handover);
+    tap_transfer_test_add("/tap-transfer/cross-version/tunnel",
+                          test_tunnel_handover);
+    tap_transfer_test_add("/tap-transfer/cross-version/rss",
+                          test_cross_version_rss);
+    tap_transfer_test_add("/tap-transfer/cross-version/cpr-transfer",
+                          test_cross_version_cpr_transfer);
 }

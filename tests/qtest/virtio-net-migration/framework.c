@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test's framework
+ * The tap-transfer tests' framework
  *
  * The test moves into a network namespace of its own, so the TAP
  * devices the QEMUs create vanish with it, also when a test fails.
@@ -31,12 +31,102 @@
 static const uint8_t guest_mac[ETH_ALEN] = { 0x52, 0x54, 0, 0x12, 0x34, 0x56 };
 static const uint8_t host_mac[ETH_ALEN] = { 0x02, 0, 0, 0, 0, 0x01 };
 
-const char *skip_reason;
-char *tmpdir;
-char *dest_error;
-const char *machine_type = "pc";
-const char *src_binary_var;
-uint32_t nic_want_features_hi;
+/* The environment, and registering the cases that need TAP devices */
+
+static const char *setup_namespace(void)
+{
+    int fd;
+
+    if (geteuid() != 0) {
+        return "needs root for TAP devices and a network namespace";
+    }
+    if (access("/dev/net/tun", R_OK | W_OK) < 0) {
+        return "needs /dev/net/tun";
+    }
+    if (unshare(CLONE_NEWNET) < 0) {
+        return "cannot create a network namespace";
+    }
+    /* Keep the kernel's own IPv6 chatter off the test TAPs */
+    fd = open("/proc/sys/net/ipv6/conf/default/disable_ipv6", O_WRONLY);
+    if (fd >= 0) {
+        g_assert_cmpint(write(fd, "1", 1), ==, 1);
+        close(fd);
+    }
+    return NULL;
+}
+
+TapTransferTestEnv *tap_transfer_get_env(void)
+{
+    static TapTransferTestEnv *env;
+
+    if (env) {
+        return env;
+    }
+    env = g_new0(TapTransferTestEnv, 1);
+    env->machine_type = "pc";
+    env->skip_reason = setup_namespace();
+    env->tmpdir = g_dir_make_tmp("tap-transfer-test-XXXXXX", NULL);
+    g_assert_nonnull(env->tmpdir);
+    return env;
+}
+
+void tap_transfer_env_clean(TapTransferTestEnv *env)
+{
+    g_free(env->dest_error);
+    env->dest_error = NULL;
+    rmdir(env->tmpdir);
+    g_free(env->tmpdir);
+    env->tmpdir = NULL;
+}
+
+bool need_tap(void)
+{
+    TapTransferTestEnv *env = tap_transfer_get_env();
+
+    if (env->skip_reason) {
+        g_test_skip(env->skip_reason);
+        return false;
+    }
+    return true;
+}
+
+typedef struct TapTransferTest {
+    void (*func)(void);
+    void (*data_func)(const void *data);
+    const void *data;
+} TapTransferTest;
+
+static void tap_transfer_test_run(const void *opaque)
+{
+    const TapTransferTest *test = opaque;
+
+    if (!need_tap()) {
+        return;
+    }
+    if (test->func) {
+        test->func();
+    } else {
+        test->data_func(test->data);
+    }
+}
+
+void tap_transfer_test_add(const char *path, void (*fn)(void))
+{
+    TapTransferTest *test = g_new0(TapTransferTest, 1);
+
+    test->func = fn;
+    qtest_add_data_func_full(path, test, tap_transfer_test_run, g_free);
+}
+
+void tap_transfer_test_add_data(const char *path, const void *data,
+                                void (*fn)(const void *data))
+{
+    TapTransferTest *test = g_new0(TapTransferTest, 1);
+
+    test->data_func = fn;
+    test->data = data;
+    qtest_add_data_func_full(path, test, tap_transfer_test_run, g_free);
+}
 
 /* Host side of a TAP device */
 
@@ -105,6 +195,81 @@ void host_expect(int sock, const char *payload)
     g_assert_cmpstr((char *)frame + ETH_HLEN, ==, payload);
 }
 
+void host_send_udp(int sock, unsigned ifindex, int flow,
+                   const char *payload)
+{
+    uint8_t frame[ETH_FRAME_LEN] = { 0 };
+    uint8_t *ip = frame + ETH_HLEN;
+    uint8_t *udp = ip + 20;
+    size_t len = strlen(payload) + 1;
+    struct sockaddr_ll sll = {
+        .sll_family = AF_PACKET,
+        .sll_protocol = htons(ETH_P_IP),
+        .sll_ifindex = ifindex,
+        .sll_halen = ETH_ALEN,
+    };
+
+    memcpy(frame, guest_mac, ETH_ALEN);
+    memcpy(frame + ETH_ALEN, host_mac, ETH_ALEN);
+    stw_be_p(frame + 2 * ETH_ALEN, ETH_P_IP);
+    ip[0] = 0x45;
+    stw_be_p(ip + 2, 20 + 8 + len);
+    ip[8] = 64;
+    ip[9] = IPPROTO_UDP;
+    stl_be_p(ip + 12, 0x0a000001);
+    stl_be_p(ip + 16, 0x0a000002);
+    stw_be_p(udp, 40000 + flow);
+    stw_be_p(udp + 2, 9);
+    stw_be_p(udp + 4, 8 + len);
+    memcpy(udp + 8, payload, len);
+    memcpy(sll.sll_addr, guest_mac, ETH_ALEN);
+    g_assert_cmpint(sendto(sock, frame, UDP_FRAME_HDR_LEN + len, 0,
+                           (struct sockaddr *)&sll, sizeof(sll)),
+                    ==, UDP_FRAME_HDR_LEN + len);
+}
+
+uint64_t tap_frames_read(const char *ifname)
+{
+    g_autofree char *text = NULL;
+    g_autofree char *prefix = g_strdup_printf("%s:", ifname);
+    g_auto(GStrv) lines = NULL;
+
+    g_assert_true(g_file_get_contents("/proc/net/dev", &text, NULL, NULL));
+    lines = g_strsplit(text, "\n", -1);
+    for (int i = 0; lines[i]; i++) {
+        g_auto(GStrv) f = g_strsplit_set(g_strstrip(lines[i]), ": ", -1);
+        g_autoptr(GPtrArray) v = g_ptr_array_new();
+
+        if (!g_str_has_prefix(lines[i], prefix)) {
+            continue;
+        }
+        for (int j = 1; f[j]; j++) {
+            if (*f[j]) {
+                g_ptr_array_add(v, f[j]);
+            }
+        }
+        /* 8 receive columns, then transmit bytes, transmit packets */
+        g_assert_cmpuint(v->len, >, 9);
+        return g_ascii_strtoull(g_ptr_array_index(v, 9), NULL, 10);
+    }
+    g_assert_not_reached();
+}
+
+unsigned count_links(void)
+{
+    struct if_nameindex *ifs = if_nameindex();
+    unsigned n = 0;
+
+    g_assert_nonnull(ifs);
+    while (ifs[n].if_index) {
+        n++;
+    }
+    if_freenameindex(ifs);
+    return n;
+}
+
+/* Guest side: virtio-net-pci NICs driven through libqos */
+
 void machine_init(Machine *m, QTestState *qts)
 {
     m->qts = qts;
@@ -147,6 +312,7 @@ void nic_set_features_hi(Nic *n, uint32_t features)
 
 void nic_start(Nic *n, Machine *m, int slot, int pairs)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     QVirtioDevice *vdev;
     uint64_t features;
 
@@ -162,9 +328,9 @@ void nic_start(Nic *n, Machine *m, int slot, int pairs)
     if (pairs == 1) {
         features &= ~(1ull << VIRTIO_NET_F_MQ);
     }
-    if (nic_want_features_hi) {
+    if (env->nic_want_features_hi) {
         nic_set_features_hi(n, nic_features_hi(n) &
-                               nic_want_features_hi);
+                               env->nic_want_features_hi);
     }
     qvirtio_set_features(vdev, features);
     n->nqueues = pairs * 2 + !!(features & (1ull << VIRTIO_NET_F_CTRL_VQ));
@@ -278,17 +444,63 @@ void check_traffic(Nic *n, int sock, int pair, const char *tag)
     host_expect(sock, tx);
 }
 
+void nic_ctrl(Nic *n, uint8_t class, uint8_t cmd, const void *data,
+              size_t len)
+{
+    QTestState *qts = n->m->qts;
+    QVirtQueue *vq = n->vqs[n->nqueues - 1];
+    g_autofree uint8_t *req = g_malloc(2 + len);
+    uint64_t req_addr = guest_alloc(&n->m->alloc, 2 + len);
+    uint64_t ack = guest_alloc(&n->m->alloc, 1);
+    uint32_t head;
+
+    req[0] = class;
+    req[1] = cmd;
+    memcpy(req + 2, data, len);
+    qtest_memwrite(qts, req_addr, req, 2 + len);
+    qtest_writeb(qts, ack, 0xff);
+    head = qvirtqueue_add(qts, vq, req_addr, 2 + len, false, true);
+    qvirtqueue_add(qts, vq, ack, 1, true, false);
+    qvirtqueue_kick(qts, &n->dev->vdev, vq, head);
+    nic_wait_used(n, vq, head);
+    g_assert_cmpuint(qtest_readb(qts, ack), ==, VIRTIO_NET_OK);
+    guest_free(&n->m->alloc, req_addr);
+    guest_free(&n->m->alloc, ack);
+}
+
+void nic_set_pairs(Nic *n, int pairs)
+{
+    uint8_t pairs_le[2];
+
+    stw_le_p(pairs_le, pairs);
+    nic_ctrl(n, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+             pairs_le, sizeof(pairs_le));
+}
+
+void nic_enable_rss(Nic *n, int pairs)
+{
+    uint8_t cfg[4 + 2 + 2 + 2 + 2 + 1 + RSS_KEY_SIZE] = { 0 };
+
+    stl_le_p(cfg, VIRTIO_NET_RSS_HASH_TYPE_IPv4);
+    stw_le_p(cfg + 10, pairs);
+    cfg[12] = RSS_KEY_SIZE;
+    memset(cfg + 13, 0x6d, RSS_KEY_SIZE);
+    nic_ctrl(n, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG, cfg,
+             sizeof(cfg));
+}
+
 /* Processes */
 
 QTestState *start_qemu_as(const char *binary_var, const char *netdev,
                           int pairs, const char *extra)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     g_autofree char *mq = pairs > 1 ?
         g_strdup_printf(",mq=on,vectors=%d", 2 * pairs + 2) : g_strdup("");
     g_autofree char *args = g_strdup_printf(
         "-M %s -m 64 -nodefaults -netdev tap-transfer,id=n0,%s "
         "-device virtio-net-pci,netdev=n0,addr=04.0,mac=" GUEST_MAC "%s %s",
-        machine_type, netdev, mq, extra ?: "");
+        env->machine_type, netdev, mq, extra ?: "");
 
     return tap_transfer_qtest_init(binary_var, args);
 }
@@ -296,55 +508,88 @@ QTestState *start_qemu_as(const char *binary_var, const char *netdev,
 QTestState *start_qemu(const char *netdev, int pairs,
                        const char *extra)
 {
-    return start_qemu_as(src_binary_var, netdev, pairs, extra);
+    return start_qemu_as(tap_transfer_get_env()->src_binary_var, netdev,
+                         pairs, extra);
 }
 
-char *migration_uri(void)
+void vm_start(Vm *vm, const char *netdev, int pairs, const char *extra)
 {
-    return g_strdup_printf("unix:%s/migsock", tmpdir);
+    vm->qts = start_qemu(netdev, pairs, extra);
+    vm->sock = host_tap_attach("tt0");
+    machine_init(&vm->m, vm->qts);
+    nic_start(&vm->nic, &vm->m, 0, pairs);
 }
 
-QTestState *start_dest_opts(const char *netdev, int pairs,
-                            bool transfer, const DestOptions *opts)
+void vm_migrated(Vm *vm, QTestState *to)
 {
-    g_autofree char *args = g_strdup_printf("-incoming defer %s",
-                                            opts->extra ?: "");
-    g_autofree char *uri = migration_uri();
-    QTestState *to = start_qemu_as(opts->binary_var, netdev, pairs, args);
+    vm->qts = to;
+    machine_migrated(&vm->m, to, &vm->nic, 1);
+}
 
-    migrate_set_parameter_bool(to, "backend-transfer", transfer);
-    if (opts->keep_on_error) {
-        migrate_incoming_qmp(to, uri, NULL, "{ 'exit-on-error': false }");
-    } else {
-        migrate_incoming_qmp(to, uri, NULL, "{}");
+void vm_release(Vm *vm)
+{
+    nic_release(&vm->nic);
+    machine_release(&vm->m);
+    close(vm->sock);
+}
+
+void vm_finish(Vm *vm, int pairs, const char *tag)
+{
+    check_traffic(&vm->nic, vm->sock, 0, tag);
+    for (int pair = 1; pair < pairs; pair++) {
+        g_autofree char *tx = g_strdup_printf("%s-tx-%d", tag, pair);
+
+        nic_tx(&vm->nic, pair, tx);
+        host_expect(vm->sock, tx);
     }
-    return to;
+    vm_release(vm);
+    qtest_quit(vm->qts);
 }
 
-QTestState *start_dest(const char *netdev, int pairs, bool transfer,
-                       const char *extra)
+bool run_qemu(const char *const *prefix, const char *binary,
+              const char *const *args, char **out, char **err)
 {
-    DestOptions opts = { .extra = extra };
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+    g_auto(GStrv) envp = g_environ_unsetenv(g_get_environ(),
+                                            "QEMU_MODULE_DIR");
+    int status;
 
-    return start_dest_opts(netdev, pairs, transfer, &opts);
+    for (; prefix && *prefix; prefix++) {
+        g_ptr_array_add(argv, (char *)*prefix);
+    }
+    g_ptr_array_add(argv, (char *)binary);
+    for (; *args; args++) {
+        g_ptr_array_add(argv, (char *)*args);
+    }
+    g_ptr_array_add(argv, NULL);
+    g_assert_true(g_spawn_sync(NULL, (char **)argv->pdata, envp,
+                               G_SPAWN_SEARCH_PATH, NULL, NULL, out, err,
+                               &status, NULL));
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
-void migrate_start(QTestState *from, QTestState *to, bool transfer)
+void assert_one_line(const char *text)
 {
-    g_autofree char *uri = migration_uri();
+    g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+    int n = 0;
 
-    migrate_set_parameter_bool(from, "backend-transfer", transfer);
-    migrate_qmp(from, to, uri, NULL, "{}");
+    for (int i = 0; lines[i]; i++) {
+        n += lines[i][0] && !g_str_has_prefix(lines[i], "==");
+    }
+    g_assert_cmpint(n, ==, 1);
 }
 
-void migrate_to(QTestState *from, QTestState *to, bool transfer)
+const char *logged_qemu(void)
 {
-    migrate_start(from, to, transfer);
-    wait_for_migration_complete(from);
-    g_test_message("downtime with backend-transfer %s: %" PRId64 " ms",
-                   transfer ? "on" : "off",
-                   read_migrate_property_int(from, "downtime"));
+    g_autofree char *logged = g_strdup_printf(
+        "2>%s/qemu.log %s", tap_transfer_get_env()->tmpdir,
+        g_getenv("QTEST_QEMU_BINARY"));
+
+    g_setenv("TAP_TRANSFER_LOGGED_QEMU", logged, true);
+    return "TAP_TRANSFER_LOGGED_QEMU";
 }
+
+/* The processes' file descriptors */
 
 GArray *tun_fds(pid_t pid)
 {
@@ -416,26 +661,68 @@ void assert_same_files(pid_t src, GArray *src_fds, pid_t dst,
     }
 }
 
-unsigned count_links(void)
+void assert_tap_handed_over(QTestState *from, GArray *src_fds,
+                            QTestState *to, unsigned ifindex,
+                            unsigned links)
 {
-    struct if_nameindex *ifs = if_nameindex();
-    unsigned n = 0;
+    g_autoptr(GArray) dst_fds = tun_fds(qtest_pid(to));
 
-    g_assert_nonnull(ifs);
-    while (ifs[n].if_index) {
-        n++;
+    assert_same_files(qtest_pid(from), src_fds, qtest_pid(to), dst_fds);
+    if (ifindex) {
+        g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
     }
-    if_freenameindex(ifs);
-    return n;
+    if (links) {
+        g_assert_cmpuint(count_links(), ==, links);
+    }
 }
 
-bool need_tap(void)
+/* Migration */
+
+char *migration_uri(void)
 {
-    if (skip_reason) {
-        g_test_skip(skip_reason);
-        return false;
+    return g_strdup_printf("unix:%s/migsock", tap_transfer_get_env()->tmpdir);
+}
+
+QTestState *start_dest_opts(const char *netdev, int pairs,
+                            bool transfer, const DestOptions *opts)
+{
+    g_autofree char *args = g_strdup_printf("-incoming defer %s",
+                                            opts->extra ?: "");
+    g_autofree char *uri = migration_uri();
+    QTestState *to = start_qemu_as(opts->binary_var, netdev, pairs, args);
+
+    migrate_set_parameter_bool(to, "backend-transfer", transfer);
+    if (opts->keep_on_error) {
+        migrate_incoming_qmp(to, uri, NULL, "{ 'exit-on-error': false }");
+    } else {
+        migrate_incoming_qmp(to, uri, NULL, "{}");
     }
-    return true;
+    return to;
+}
+
+QTestState *start_dest(const char *netdev, int pairs, bool transfer,
+                       const char *extra)
+{
+    DestOptions opts = { .extra = extra };
+
+    return start_dest_opts(netdev, pairs, transfer, &opts);
+}
+
+void migrate_start(QTestState *from, QTestState *to, bool transfer)
+{
+    g_autofree char *uri = migration_uri();
+
+    migrate_set_parameter_bool(from, "backend-transfer", transfer);
+    migrate_qmp(from, to, uri, NULL, "{}");
+}
+
+void migrate_to(QTestState *from, QTestState *to, bool transfer)
+{
+    migrate_start(from, to, transfer);
+    wait_for_migration_complete(from);
+    g_test_message("downtime with backend-transfer %s: %" PRId64 " ms",
+                   transfer ? "on" : "off",
+                   read_migrate_property_int(from, "downtime"));
 }
 
 void wait_running(QTestState *qts)
@@ -488,223 +775,20 @@ void resume_source(QTestState *from)
 void migrate_refused(QTestState *from, QTestState *to, bool transfer,
                      unsigned own_fds)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     QDict *rsp;
 
     migrate_start(from, to, transfer);
     wait_incoming_failed(to);
     rsp = qtest_qmp_assert_success_ref(to, "{ 'execute': 'query-migrate' }");
-    g_free(dest_error);
-    dest_error = g_strdup(qdict_get_try_str(rsp, "error-desc"));
-    g_test_message("destination: %s", dest_error);
+    g_free(env->dest_error);
+    env->dest_error = g_strdup(qdict_get_try_str(rsp, "error-desc"));
+    g_test_message("destination: %s", env->dest_error);
     qobject_unref(rsp);
     /* What it received it closes as it cleans up after the failure */
     wait_tun_fds(qtest_pid(to), own_fds);
     qtest_quit(to);
     resume_source(from);
-}
-
-void vm_start(Vm *vm, const char *netdev, int pairs, const char *extra)
-{
-    vm->qts = start_qemu(netdev, pairs, extra);
-    vm->sock = host_tap_attach("tt0");
-    machine_init(&vm->m, vm->qts);
-    nic_start(&vm->nic, &vm->m, 0, pairs);
-}
-
-void vm_migrated(Vm *vm, QTestState *to)
-{
-    vm->qts = to;
-    machine_migrated(&vm->m, to, &vm->nic, 1);
-}
-
-void vm_finish(Vm *vm, int pairs, const char *tag)
-{
-    check_traffic(&vm->nic, vm->sock, 0, tag);
-    for (int pair = 1; pair < pairs; pair++) {
-        g_autofree char *tx = g_strdup_printf("%s-tx-%d", tag, pair);
-
-        nic_tx(&vm->nic, pair, tx);
-        host_expect(vm->sock, tx);
-    }
-    vm_release(vm);
-    qtest_quit(vm->qts);
-}
-
-void vm_release(Vm *vm)
-{
-    nic_release(&vm->nic);
-    machine_release(&vm->m);
-    close(vm->sock);
-}
-
-bool run_qemu(const char *const *prefix, const char *binary,
-              const char *const *args, char **out, char **err)
-{
-    g_autoptr(GPtrArray) argv = g_ptr_array_new();
-    g_auto(GStrv) envp = g_environ_unsetenv(g_get_environ(),
-                                            "QEMU_MODULE_DIR");
-    int status;
-
-    for (; prefix && *prefix; prefix++) {
-        g_ptr_array_add(argv, (char *)*prefix);
-    }
-    g_ptr_array_add(argv, (char *)binary);
-    for (; *args; args++) {
-        g_ptr_array_add(argv, (char *)*args);
-    }
-    g_ptr_array_add(argv, NULL);
-    g_assert_true(g_spawn_sync(NULL, (char **)argv->pdata, envp,
-                               G_SPAWN_SEARCH_PATH, NULL, NULL, out, err,
-                               &status, NULL));
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
-
-void assert_one_line(const char *text)
-{
-    g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
-    int n = 0;
-
-    for (int i = 0; lines[i]; i++) {
-        n += lines[i][0] && !g_str_has_prefix(lines[i], "==");
-    }
-    g_assert_cmpint(n, ==, 1);
-}
-
-const char *logged_qemu(void)
-{
-    g_autofree char *logged = g_strdup_printf("2>%s/qemu.log %s", tmpdir,
-                                              g_getenv("QTEST_QEMU_BINARY"));
-
-    g_setenv("TAP_TRANSFER_LOGGED_QEMU", logged, true);
-    return "TAP_TRANSFER_LOGGED_QEMU";
-}
-
-void assert_reported(const char *log, const char *line)
-{
-    g_autofree char *err = NULL;
-    g_autofree char *all = NULL;
-
-    g_assert_true(g_file_get_contents(log, &err, NULL, NULL));
-    unlink(log);
-    /*
-     * Whatever else is on stderr (a sanitizer's runtime, warnings), the
-     * line is there or, from QEMU 10.2 on, in the migration's error.
-     */
-    all = g_strdup_printf("%s\n%s\n", err, dest_error ?: "");
-    g_test_message("reported: %s", all);
-    g_assert_nonnull(strstr(all, line));
-}
-
-void assert_logged(const char *line)
-{
-    g_autofree char *log = g_build_filename(tmpdir, "qemu.log", NULL);
-
-    assert_reported(log, line);
-}
-
-void host_send_udp(int sock, unsigned ifindex, int flow,
-                   const char *payload)
-{
-    uint8_t frame[ETH_FRAME_LEN] = { 0 };
-    uint8_t *ip = frame + ETH_HLEN;
-    uint8_t *udp = ip + 20;
-    size_t len = strlen(payload) + 1;
-    struct sockaddr_ll sll = {
-        .sll_family = AF_PACKET,
-        .sll_protocol = htons(ETH_P_IP),
-        .sll_ifindex = ifindex,
-        .sll_halen = ETH_ALEN,
-    };
-
-    memcpy(frame, guest_mac, ETH_ALEN);
-    memcpy(frame + ETH_ALEN, host_mac, ETH_ALEN);
-    stw_be_p(frame + 2 * ETH_ALEN, ETH_P_IP);
-    ip[0] = 0x45;
-    stw_be_p(ip + 2, 20 + 8 + len);
-    ip[8] = 64;
-    ip[9] = IPPROTO_UDP;
-    stl_be_p(ip + 12, 0x0a000001);
-    stl_be_p(ip + 16, 0x0a000002);
-    stw_be_p(udp, 40000 + flow);
-    stw_be_p(udp + 2, 9);
-    stw_be_p(udp + 4, 8 + len);
-    memcpy(udp + 8, payload, len);
-    memcpy(sll.sll_addr, guest_mac, ETH_ALEN);
-    g_assert_cmpint(sendto(sock, frame, UDP_FRAME_HDR_LEN + len, 0,
-                           (struct sockaddr *)&sll, sizeof(sll)),
-                    ==, UDP_FRAME_HDR_LEN + len);
-}
-
-uint64_t tap_frames_read(const char *ifname)
-{
-    g_autofree char *text = NULL;
-    g_autofree char *prefix = g_strdup_printf("%s:", ifname);
-    g_auto(GStrv) lines = NULL;
-
-    g_assert_true(g_file_get_contents("/proc/net/dev", &text, NULL, NULL));
-    lines = g_strsplit(text, "\n", -1);
-    for (int i = 0; lines[i]; i++) {
-        g_auto(GStrv) f = g_strsplit_set(g_strstrip(lines[i]), ": ", -1);
-        g_autoptr(GPtrArray) v = g_ptr_array_new();
-
-        if (!g_str_has_prefix(lines[i], prefix)) {
-            continue;
-        }
-        for (int j = 1; f[j]; j++) {
-            if (*f[j]) {
-                g_ptr_array_add(v, f[j]);
-            }
-        }
-        /* 8 receive columns, then transmit bytes, transmit packets */
-        g_assert_cmpuint(v->len, >, 9);
-        return g_ascii_strtoull(g_ptr_array_index(v, 9), NULL, 10);
-    }
-    g_assert_not_reached();
-}
-
-void nic_ctrl(Nic *n, uint8_t class, uint8_t cmd, const void *data,
-              size_t len)
-{
-    QTestState *qts = n->m->qts;
-    QVirtQueue *vq = n->vqs[n->nqueues - 1];
-    g_autofree uint8_t *req = g_malloc(2 + len);
-    uint64_t req_addr = guest_alloc(&n->m->alloc, 2 + len);
-    uint64_t ack = guest_alloc(&n->m->alloc, 1);
-    uint32_t head;
-
-    req[0] = class;
-    req[1] = cmd;
-    memcpy(req + 2, data, len);
-    qtest_memwrite(qts, req_addr, req, 2 + len);
-    qtest_writeb(qts, ack, 0xff);
-    head = qvirtqueue_add(qts, vq, req_addr, 2 + len, false, true);
-    qvirtqueue_add(qts, vq, ack, 1, true, false);
-    qvirtqueue_kick(qts, &n->dev->vdev, vq, head);
-    nic_wait_used(n, vq, head);
-    g_assert_cmpuint(qtest_readb(qts, ack), ==, VIRTIO_NET_OK);
-    guest_free(&n->m->alloc, req_addr);
-    guest_free(&n->m->alloc, ack);
-}
-
-void nic_set_pairs(Nic *n, int pairs)
-{
-    uint8_t pairs_le[2];
-
-    stw_le_p(pairs_le, pairs);
-    nic_ctrl(n, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
-             pairs_le, sizeof(pairs_le));
-}
-
-void nic_enable_rss(Nic *n, int pairs)
-{
-    uint8_t cfg[4 + 2 + 2 + 2 + 2 + 1 + RSS_KEY_SIZE] = { 0 };
-
-    stl_le_p(cfg, VIRTIO_NET_RSS_HASH_TYPE_IPv4);
-    stw_le_p(cfg + 10, pairs);
-    cfg[12] = RSS_KEY_SIZE;
-    memset(cfg + 13, 0x6d, RSS_KEY_SIZE);
-    nic_ctrl(n, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG, cfg,
-             sizeof(cfg));
 }
 
 void wait_migration_cleaned_up(QTestState *qts)
@@ -730,6 +814,33 @@ void wait_migration_cleaned_up(QTestState *qts)
         g_usleep(10 * 1000);
     }
 }
+
+void assert_reported(const char *log, const char *line)
+{
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *err = NULL;
+    g_autofree char *all = NULL;
+
+    g_assert_true(g_file_get_contents(log, &err, NULL, NULL));
+    unlink(log);
+    /*
+     * Whatever else is on stderr (a sanitizer's runtime, warnings), the
+     * line is there or, from QEMU 10.2 on, in the migration's error.
+     */
+    all = g_strdup_printf("%s\n%s\n", err, env->dest_error ?: "");
+    g_test_message("reported: %s", all);
+    g_assert_nonnull(strstr(all, line));
+}
+
+void assert_logged(const char *line)
+{
+    g_autofree char *log = g_build_filename(tap_transfer_get_env()->tmpdir,
+                                            "qemu.log", NULL);
+
+    assert_reported(log, line);
+}
+
+/* QMP and QOM */
 
 /* The response, whose "return" is the value, of any type */
 QDict *qom_get(QTestState *qts, const char *id, const char *prop)
@@ -785,28 +896,4 @@ bool qemu_at_least(QTestState *qts, int64_t major, int64_t minor)
 
     qobject_unref(rsp);
     return ma > major || (ma == major && mi >= minor);
-}
-
-void setup_namespace(void)
-{
-    int fd;
-
-    if (geteuid() != 0) {
-        skip_reason = "needs root for TAP devices and a network namespace";
-        return;
-    }
-    if (access("/dev/net/tun", R_OK | W_OK) < 0) {
-        skip_reason = "needs /dev/net/tun";
-        return;
-    }
-    if (unshare(CLONE_NEWNET) < 0) {
-        skip_reason = "cannot create a network namespace";
-        return;
-    }
-    /* Keep the kernel's own IPv6 chatter off the test TAPs */
-    fd = open("/proc/sys/net/ipv6/conf/default/disable_ipv6", O_WRONLY);
-    if (fd >= 0) {
-        g_assert_cmpint(write(fd, "1", 1), ==, 1);
-        close(fd);
-    }
 }

@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, the handover itself: the destination adopts
+ * tap-transfer tests, the handover itself: the destination adopts
  * the source's TAP, with one queue, four, several netdevs, a destination
  * without privilege, cpr-transfer, and the ordinary migration with backend-
  * transfer off
@@ -30,7 +30,6 @@ void do_handover(const char *netdev, int pairs,
 {
     DestOptions dest = { .binary_var = dest_binary_var };
     g_autoptr(GArray) src_fds = NULL;
-    g_autoptr(GArray) dst_fds = NULL;
     unsigned ifindex, links;
     uint64_t features;
     QTestState *to;
@@ -54,10 +53,7 @@ void do_handover(const char *netdev, int pairs,
     migrate_to(vm.qts, to, true);
     qtest_qmp_eventwait(to, "RESUME");
 
-    dst_fds = tun_fds(qtest_pid(to));
-    assert_same_files(qtest_pid(vm.qts), src_fds, qtest_pid(to), dst_fds);
-    g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
-    g_assert_cmpuint(count_links(), ==, links);
+    assert_tap_handed_over(vm.qts, src_fds, to, ifindex, links);
 
     /* The source's exit leaves the TAP to the destination */
     qtest_quit(vm.qts);
@@ -70,23 +66,16 @@ void do_handover(const char *netdev, int pairs,
 
 static void test_handover(void)
 {
-    if (need_tap()) {
-        do_handover("ifname=tt0,script=no,downscript=no", 1, NULL);
-    }
+    do_handover("ifname=tt0,script=no,downscript=no", 1, NULL);
 }
 
 static void test_handover_multiqueue(void)
 {
-    if (need_tap()) {
-        do_handover("ifname=tt0,queues=4,script=no,downscript=no", 4, NULL);
-    }
+    do_handover("ifname=tt0,queues=4,script=no,downscript=no", 4, NULL);
 }
 
 static void test_handover_vhost(void)
 {
-    if (!need_tap()) {
-        return;
-    }
     if (access("/dev/vhost-net", R_OK | W_OK) < 0) {
         g_test_skip("no /dev/vhost-net on this host");
         return;
@@ -99,9 +88,6 @@ static void test_handover_unprivileged(void)
 {
     g_autofree char *wrapped = NULL;
 
-    if (!need_tap()) {
-        return;
-    }
     wrapped = g_strdup_printf("setpriv --bounding-set=-all %s",
                               g_getenv("QTEST_QEMU_BINARY"));
     g_setenv("TAP_TRANSFER_UNPRIVILEGED_QEMU", wrapped, true);
@@ -121,10 +107,6 @@ static void test_four_netdevs(void)
     g_autofree char *uri = migration_uri();
     QTestState *from, *to;
 
-    if (!need_tap()) {
-        g_string_free(args, true);
-        return;
-    }
     for (int i = 0; i < NICS; i++) {
         g_string_append_printf(args, " -netdev tap-transfer,id=n%d,ifname=tt%d,"
                                "queues=%d,script=no,downscript=no "
@@ -173,9 +155,6 @@ static void test_transfer_off(void)
     Vm vm = { 0 };
     int sock1;
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
     check_traffic(&vm.nic, vm.sock, 0, "src");
 
@@ -204,14 +183,10 @@ static void test_global_property(void)
     g_autofree char *extra = g_strdup_printf(
         "-global migration.backend-transfer=on -incoming %s", uri);
     g_autoptr(GArray) src_tun = NULL;
-    g_autoptr(GArray) dst_tun = NULL;
     QTestState *to;
     QDict *rsp;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, netdev, 1, NULL);
     src_tun = tun_fds(qtest_pid(vm.qts));
     to = start_qemu(netdev, 1, extra);
@@ -222,8 +197,7 @@ static void test_global_property(void)
 
     migrate_to(vm.qts, to, true);
     qtest_qmp_eventwait(to, "RESUME");
-    dst_tun = tun_fds(qtest_pid(to));
-    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
+    assert_tap_handed_over(vm.qts, src_tun, to, 0, 0);
     qtest_quit(vm.qts);
     vm_migrated(&vm, to);
     check_traffic(&vm.nic, vm.sock, 0, "global");
@@ -241,10 +215,11 @@ static void test_global_property(void)
  */
 void do_cpr_transfer(int pairs, bool defer, const char *dst_var)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     g_autofree char *netdev = g_strdup_printf(
         "ifname=tt0,queues=%d,script=no,downscript=no", pairs);
-    g_autofree char *cpr_path = g_build_filename(tmpdir, "cpr.sock", NULL);
-    g_autofree char *mig_path = g_build_filename(tmpdir, "migsock", NULL);
+    g_autofree char *cpr_path = g_build_filename(env->tmpdir, "cpr.sock", NULL);
+    g_autofree char *mig_path = g_build_filename(env->tmpdir, "migsock", NULL);
     g_autofree char *cpr_channel = g_strdup_printf(
         "cpr,addr.transport=socket,addr.type=unix,addr.path=%s", cpr_path);
     const char *ram = "-machine aux-ram-share=on "
@@ -257,7 +232,6 @@ void do_cpr_transfer(int pairs, bool defer, const char *dst_var)
     g_autofree char *mq = pairs > 1 ?
         g_strdup_printf(",mq=on,vectors=%d", 2 * pairs + 2) : g_strdup("");
     g_autoptr(GArray) src_tun = NULL;
-    g_autoptr(GArray) dst_tun = NULL;
     unsigned ifindex;
     QTestState *to;
     Vm vm = { 0 };
@@ -270,7 +244,7 @@ void do_cpr_transfer(int pairs, bool defer, const char *dst_var)
     dst_args = g_strdup_printf(
         "-M %s -m 64 -nodefaults -netdev tap-transfer,id=n0,%s "
         "-device virtio-net-pci,netdev=n0,addr=04.0,mac=" GUEST_MAC "%s "
-        "%s %s", machine_type, netdev, mq, defer ? "" :
+        "%s %s", env->machine_type, netdev, mq, defer ? "" :
         "-global migration.backend-transfer=on", dst_extra);
     to = tap_transfer_qtest_init_deferred(dst_var, dst_args);
     for (int i = 0; !g_file_test(cpr_path, G_FILE_TEST_EXISTS); i++) {
@@ -300,9 +274,7 @@ void do_cpr_transfer(int pairs, bool defer, const char *dst_var)
     /* Its RESUME event may have gone out before the monitor connected */
     wait_running(to);
 
-    dst_tun = tun_fds(qtest_pid(to));
-    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
-    g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
+    assert_tap_handed_over(vm.qts, src_tun, to, ifindex, 0);
     qtest_quit(vm.qts);
     vm_migrated(&vm, to);
     vm_finish(&vm, pairs, "cpr-after");
@@ -326,26 +298,26 @@ static void test_cpr_transfer(const void *opaque)
 {
     const CprCase *c = opaque;
 
-    if (need_tap()) {
-        do_cpr_transfer(c->pairs, c->defer, NULL);
-    }
+    do_cpr_transfer(c->pairs, c->defer, NULL);
 }
 
-void tap_transfer_add_handover_tests(void)
+void tap_transfer_add_handover_tests(TapTransferTestEnv *env)
 {
-    qtest_add_func("/tap-transfer/migration/handover", test_handover);
-    qtest_add_func("/tap-transfer/migration/handover-multiqueue",
-                   test_handover_multiqueue);
-    qtest_add_func("/tap-transfer/migration/handover-vhost",
-                   test_handover_vhost);
-    qtest_add_func("/tap-transfer/migration/handover-unprivileged",
-                   test_handover_unprivileged);
-    qtest_add_func("/tap-transfer/migration/four-netdevs", test_four_netdevs);
-    qtest_add_func("/tap-transfer/migration/global-property",
-                   test_global_property);
+    tap_transfer_test_add("/tap-transfer/migration/handover", test_handover);
+    tap_transfer_test_add("/tap-transfer/migration/handover-multiqueue",
+                          test_handover_multiqueue);
+    tap_transfer_test_add("/tap-transfer/migration/handover-vhost",
+                          test_handover_vhost);
+    tap_transfer_test_add("/tap-transfer/migration/handover-unprivileged",
+                          test_handover_unprivileged);
+    tap_transfer_test_add("/tap-transfer/migration/four-netdevs",
+                          test_four_netdevs);
+    tap_transfer_test_add("/tap-transfer/migration/global-property",
+                          test_global_property);
     for (int i = 0; i < ARRAY_SIZE(cpr_cases); i++) {
-        qtest_add_data_func(cpr_cases[i].path, &cpr_cases[i],
-                            test_cpr_transfer);
+        tap_transfer_test_add_data(cpr_cases[i].path, &cpr_cases[i],
+                                   test_cpr_transfer);
     }
-    qtest_add_func("/tap-transfer/migration/transfer-off", test_transfer_off);
+    tap_transfer_test_add("/tap-transfer/migration/transfer-off",
+                          test_transfer_off);
 }

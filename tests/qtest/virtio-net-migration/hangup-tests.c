@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, hang-ups: a destination that goes away, or
+ * tap-transfer tests, hang-ups: a destination that goes away, or
  * refuses on the return path, at each place in the tap-transfer section
  *
  * The destination is the test itself.  It takes the source's stream on
@@ -244,8 +244,10 @@ static void dest_run(FakeDest *d, int listener)
 
 static void do_hangup(const HangupCase *c, bool check_order)
 {
-    g_autofree char *mig_path = g_build_filename(tmpdir, "hangup.sock", NULL);
-    g_autofree char *pause_path = g_build_filename(tmpdir, "pause.sock",
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *mig_path = g_build_filename(env->tmpdir, "hangup.sock",
+                                                 NULL);
+    g_autofree char *pause_path = g_build_filename(env->tmpdir, "pause.sock",
                                                    NULL);
     g_autofree char *uri = g_strdup_printf("unix:%s", mig_path);
     g_autofree char *status = NULL;
@@ -255,10 +257,7 @@ static void do_hangup(const HangupCase *c, bool check_order)
     int listener;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
-    d.log = g_build_filename(tmpdir, "hangup-source.log", NULL);
+    d.log = g_build_filename(env->tmpdir, "hangup-source.log", NULL);
     d.paused = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     unlink(d.log);
     listener = listen_unix(mig_path);
@@ -370,12 +369,12 @@ static const HangupCase hangup_cases[] = {
     { "/tap-transfer/hangup/return-path/end", NULL, 0, true, 2 },
 };
 
-void tap_transfer_add_hangup_tests(void)
+void tap_transfer_add_hangup_tests(TapTransferTestEnv *env)
 {
-    qtest_add_func("/tap-transfer/hangup/refusal-then-fd-send",
-                   test_refusal_then_fd_send);
+    tap_transfer_test_add("/tap-transfer/hangup/refusal-then-fd-send",
+                          test_refusal_then_fd_send);
     for (int i = 0; i < ARRAY_SIZE(hangup_cases); i++) {
-        qtest_add_data_func(hangup_cases[i].path, &hangup_cases[i],
-                            test_hangup);
+        tap_transfer_test_add_data(hangup_cases[i].path, &hangup_cases[i],
+                                   test_hangup);
     }
 }

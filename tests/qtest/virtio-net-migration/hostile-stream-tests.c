@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, a hostile stream: a real handover stream,
+ * tap-transfer tests, a hostile stream: a real handover stream,
  * recorded with the TAP file descriptors it passed, replayed into fresh
  * destinations with the tap-transfer section changed, field by field
  * and at random
@@ -129,7 +129,8 @@ static void layout_parse(const GByteArray *b, Layout *at)
  */
 static void record_stream(void)
 {
-    g_autofree char *path = g_build_filename(tmpdir, "record.sock", NULL);
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *path = g_build_filename(env->tmpdir, "record.sock", NULL);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
     uint64_t read_before;
@@ -213,15 +214,11 @@ static void record_stream(void)
 }
 
 /* The recording all hostile-stream cases replay, made on first use */
-static bool hostile_ready(void)
+static void hostile_ready(void)
 {
-    if (!need_tap()) {
-        return false;
-    }
     if (!rec.bytes) {
         record_stream();
     }
-    return true;
 }
 
 static bool send_all(int sock, const uint8_t *data, size_t len, int fd)
@@ -345,10 +342,12 @@ static void replay_free(Replay *r)
  */
 static Replay replay(const GByteArray *stream, bool transfer)
 {
-    g_autofree char *path = g_strdup_printf("%s/replay%d.sock", tmpdir,
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *path = g_strdup_printf("%s/replay%d.sock", env->tmpdir,
                                             worker);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
-    g_autofree char *log = g_strdup_printf("%s/replay%d.log", tmpdir, worker);
+    g_autofree char *log = g_strdup_printf("%s/replay%d.log", env->tmpdir,
+                                           worker);
     g_autofree char *logged = g_strdup_printf("2>%s %s", log,
                                               g_getenv("QTEST_QEMU_BINARY"));
     g_autofree char *status = NULL;
@@ -523,9 +522,7 @@ static void test_hostile_baseline(void)
 {
     Replay r;
 
-    if (!hostile_ready()) {
-        return;
-    }
+    hostile_ready();
     r = replay(rec.bytes, true);
     g_test_message("baseline: %s", r.log);
     g_assert_cmpint(r.outcome, ==, ACCEPTED);
@@ -535,9 +532,7 @@ static void test_hostile_baseline(void)
 
 static void test_hostile_fields(void)
 {
-    if (!hostile_ready()) {
-        return;
-    }
+    hostile_ready();
     for (int i = 0; i < ARRAY_SIZE(mutations); i++) {
         const Mutation *m = &mutations[i];
         g_autoptr(GByteArray) b = stream_copy();
@@ -636,9 +631,7 @@ static void test_hostile_random(void)
     int pipefd[2], status;
     pid_t pid;
 
-    if (!hostile_ready()) {
-        return;
-    }
+    hostile_ready();
     if (seed_env) {
         g_assert_cmpint(qemu_strtoul(seed_env, NULL, 0, &seed), ==, 0);
     }
@@ -679,16 +672,15 @@ static void test_hostile_random(void)
  */
 static void test_hostile_netdev_del(void)
 {
-    g_autofree char *path = g_strdup_printf("%s/paused.sock", tmpdir);
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *path = g_strdup_printf("%s/paused.sock", env->tmpdir);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
     g_autofree char *state = NULL;
     const char *ungoals[] = { "failed", "completed", NULL };
     QTestState *to;
     int sock;
 
-    if (!hostile_ready()) {
-        return;
-    }
+    hostile_ready();
     unlink(path);
     to = start_qemu_as(NULL, HOSTILE_NETDEV, HOSTILE_QUEUES,
                        HOSTILE_EXTRA " -incoming defer");
@@ -727,8 +719,9 @@ static void test_hostile_netdev_del(void)
  */
 static void test_hostile_single_queue_tap(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
-    g_autofree char *path = g_strdup_printf("%s/single.sock", tmpdir);
+    g_autofree char *path = g_strdup_printf("%s/single.sock", env->tmpdir);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
     g_autofree char *status = NULL;
     g_autoptr(GByteArray) b = NULL;
@@ -737,9 +730,7 @@ static void test_hostile_single_queue_tap(void)
     QTestState *to;
     int sock, hdr_len;
 
-    if (!hostile_ready()) {
-        return;
-    }
+    hostile_ready();
     /* The destination must not inherit them: they come in the stream */
     fds[0] = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
     g_assert_cmpint(fds[0], >=, 0);
@@ -772,8 +763,8 @@ static void test_hostile_single_queue_tap(void)
     for (int i = 0; i < HOSTILE_QUEUES; i++) {
         close(fds[i]);
     }
-    g_free(dest_error);
-    dest_error = NULL;
+    g_free(env->dest_error);
+    env->dest_error = NULL;
     assert_logged("netdev n0: queue 0: received TAP device ttsq0 has one "
                   "queue, this QEMU was configured with 2\n");
 }
@@ -784,11 +775,13 @@ static void test_hostile_single_queue_tap(void)
  */
 static void test_hostile_analyze(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     const char *python = g_getenv("PYTHON");
     g_autofree char *dir = g_path_get_dirname(g_getenv("QTEST_QEMU_BINARY"));
     g_autofree char *script = g_build_filename(dir, "scripts",
                                                "analyze-migration.py", NULL);
-    g_autofree char *file = g_build_filename(tmpdir, "recorded.stream", NULL);
+    g_autofree char *file = g_build_filename(env->tmpdir, "recorded.stream",
+                                             NULL);
     const char *argv[] = { python, script, "-f", file, NULL };
     g_autofree char *out = NULL;
     g_autofree char *err = NULL;
@@ -800,9 +793,11 @@ static void test_hostile_analyze(void)
                     "analyze-migration.py");
         return;
     }
-    if (!hostile_ready()) {
+    /* Without PYTHON, that is the reason to skip, whatever the host */
+    if (!need_tap()) {
         return;
     }
+    hostile_ready();
     g_assert_true(g_file_set_contents(file, (char *)rec.bytes->data,
                                       rec.bytes->len, NULL));
     g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, 0, NULL, NULL,
@@ -837,21 +832,23 @@ static void test_hostile_release(void)
     qtest_quit(rec.source);
 }
 
-void tap_transfer_add_hostile_stream_tests(void)
+void tap_transfer_add_hostile_stream_tests(TapTransferTestEnv *env)
 {
     /* The first that runs records the stream, the last lets it go */
-    qtest_add_func("/tap-transfer/hostile-stream/baseline",
-                   test_hostile_baseline);
-    qtest_add_func("/tap-transfer/hostile-stream/fields",
-                   test_hostile_fields);
-    qtest_add_func("/tap-transfer/hostile-stream/random",
-                   test_hostile_random);
-    qtest_add_func("/tap-transfer/hostile-stream/netdev-del",
-                   test_hostile_netdev_del);
-    qtest_add_func("/tap-transfer/hostile-stream/single-queue-tap",
-                   test_hostile_single_queue_tap);
+    tap_transfer_test_add("/tap-transfer/hostile-stream/baseline",
+                          test_hostile_baseline);
+    tap_transfer_test_add("/tap-transfer/hostile-stream/fields",
+                          test_hostile_fields);
+    tap_transfer_test_add("/tap-transfer/hostile-stream/random",
+                          test_hostile_random);
+    tap_transfer_test_add("/tap-transfer/hostile-stream/netdev-del",
+                          test_hostile_netdev_del);
+    tap_transfer_test_add("/tap-transfer/hostile-stream/single-queue-tap",
+                          test_hostile_single_queue_tap);
+    /* It checks for PYTHON before the TAP devices, for its reason */
     qtest_add_func("/tap-transfer/hostile-stream/analyze",
                    test_hostile_analyze);
+    /* It needs none: it lets go of a recording if there is one */
     qtest_add_func("/tap-transfer/hostile-stream/release",
                    test_hostile_release);
 }

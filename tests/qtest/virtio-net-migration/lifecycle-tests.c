@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, what happens around a handover: netdev_del,
+ * tap-transfer tests, what happens around a handover: netdev_del,
  * the downscript, a destination that goes away, cancel, ping-pong
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -28,9 +28,6 @@ static void test_netdev_del(void)
     QTestState *to;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, netdev, 1, NULL);
     qtest_qmp_assert_success(vm.qts, "{ 'execute': 'netdev_add', 'arguments':"
                              " { 'type': 'tap-transfer', 'id': 'n1',"
@@ -59,16 +56,14 @@ static void test_netdev_del(void)
  */
 static void test_netdev_del_migrating(void)
 {
-    g_autofree char *path = g_build_filename(tmpdir, "stalled-del", NULL);
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *path = g_build_filename(env->tmpdir, "stalled-del", NULL);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
     const char *ungoals[] = { "failed", "completed", NULL };
     int listener;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     /* A destination that accepts nothing: the migration stays active */
     pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
     listener = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -165,9 +160,10 @@ static void handover_refused(QTestState *from, const char *netdev,
 
 static void test_downscript(const void *opaque)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     const DownscriptCase *c = opaque;
-    g_autofree char *script = g_build_filename(tmpdir, "down.sh", NULL);
-    g_autofree char *log = g_build_filename(tmpdir, "down.log", NULL);
+    g_autofree char *script = g_build_filename(env->tmpdir, "down.sh", NULL);
+    g_autofree char *log = g_build_filename(env->tmpdir, "down.log", NULL);
     g_autofree char *body = g_strdup_printf(
         "#!/bin/sh\necho \"$1 $PPID\" >> %s\n", log);
     g_autofree char *netdev = g_strdup_printf(
@@ -179,9 +175,6 @@ static void test_downscript(const void *opaque)
     QTestState *to, *owner, *other;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     g_assert_true(g_file_set_contents(script, body, -1, NULL));
     g_assert_cmpint(chmod(script, 0755), ==, 0);
     unlink(log);
@@ -272,9 +265,6 @@ static void test_dest_killed(void)
     QTestState *to;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, netdev, 1, NULL);
     fds_before = count_fds(qtest_pid(vm.qts));
     to = start_dest(netdev, 1, true, "-S");
@@ -293,16 +283,14 @@ static void test_dest_killed(void)
 /* Cancelled in setup or while active: the source keeps reading its TAP */
 static void test_cancel(void)
 {
-    g_autofree char *path = g_build_filename(tmpdir, "stalled", NULL);
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *path = g_build_filename(env->tmpdir, "stalled", NULL);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
     unsigned fds_before;
     int listener;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     /* A destination that accepts nothing: the migration stays active */
     pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
     listener = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -341,9 +329,6 @@ static void test_ping_pong(void)
     unsigned ifindex, first_fds = 0;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, netdev, 1, NULL);
     ifindex = if_nametoindex("tt0");
     for (int i = 0; i < HANDOVERS; i++) {
@@ -369,16 +354,18 @@ static void test_ping_pong(void)
     qtest_quit(vm.qts);
 }
 
-void tap_transfer_add_lifecycle_tests(void)
+void tap_transfer_add_lifecycle_tests(TapTransferTestEnv *env)
 {
-    qtest_add_func("/tap-transfer/migration/netdev-del", test_netdev_del);
-    qtest_add_func("/tap-transfer/migration/netdev-del-migrating",
-                   test_netdev_del_migrating);
+    tap_transfer_test_add("/tap-transfer/migration/netdev-del",
+                          test_netdev_del);
+    tap_transfer_test_add("/tap-transfer/migration/netdev-del-migrating",
+                          test_netdev_del_migrating);
     for (int i = 0; i < ARRAY_SIZE(downscript_cases); i++) {
-        qtest_add_data_func(downscript_cases[i].path, &downscript_cases[i],
-                            test_downscript);
+        tap_transfer_test_add_data(downscript_cases[i].path,
+                                   &downscript_cases[i], test_downscript);
     }
-    qtest_add_func("/tap-transfer/migration/dest-killed", test_dest_killed);
-    qtest_add_func("/tap-transfer/migration/cancel", test_cancel);
-    qtest_add_func("/tap-transfer/migration/ping-pong", test_ping_pong);
+    tap_transfer_test_add("/tap-transfer/migration/dest-killed",
+                          test_dest_killed);
+    tap_transfer_test_add("/tap-transfer/migration/cancel", test_cancel);
+    tap_transfer_test_add("/tap-transfer/migration/ping-pong", test_ping_pong);
 }

@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, management's ways: TAP queues passed as fds=,
+ * tap-transfer tests, management's ways: TAP queues passed as fds=,
  * on the command line or at run time, fd: migration channels, fd sets
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -108,7 +108,6 @@ static void do_mgmt_handover(bool runtime, bool dest_fds)
 {
     int src_fds[MGMT_QUEUES], dst_given[MGMT_QUEUES], chan[2];
     g_autoptr(GArray) src_tun = NULL;
-    g_autoptr(GArray) dst_tun = NULL;
     unsigned ifindex, links;
     QTestState *to;
     Vm vm = { 0 };
@@ -151,10 +150,7 @@ static void do_mgmt_handover(bool runtime, bool dest_fds)
     qtest_qmp_eventwait(to, "RESUME");
 
     /* Only the source's queues, not one of those passed to it */
-    dst_tun = tun_fds(qtest_pid(to));
-    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
-    g_assert_cmpuint(if_nametoindex("tt0"), ==, ifindex);
-    g_assert_cmpuint(count_links(), ==, links);
+    assert_tap_handed_over(vm.qts, src_tun, to, ifindex, links);
 
     qtest_quit(vm.qts);
     vm_migrated(&vm, to);
@@ -178,9 +174,7 @@ static void test_mgmt(const void *opaque)
 {
     const MgmtCase *c = opaque;
 
-    if (need_tap()) {
-        do_mgmt_handover(c->runtime, c->dest_fds);
-    }
+    do_mgmt_handover(c->runtime, c->dest_fds);
 }
 
 /*
@@ -191,14 +185,10 @@ static void test_mgmt_fdset(void)
 {
     struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
     g_autoptr(GArray) src_tun = NULL;
-    g_autoptr(GArray) dst_tun = NULL;
     QTestState *to;
     Vm vm = { 0 };
     int fd;
 
-    if (!need_tap()) {
-        return;
-    }
     fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
     g_assert_cmpint(fd, >=, 0);
     pstrcpy(ifr.ifr_name, IFNAMSIZ, "tt0");
@@ -228,8 +218,7 @@ static void test_mgmt_fdset(void)
     to = start_dest("script=no,downscript=no", 1, true, NULL);
     migrate_to(vm.qts, to, true);
     qtest_qmp_eventwait(to, "RESUME");
-    dst_tun = tun_fds(qtest_pid(to));
-    assert_same_files(qtest_pid(vm.qts), src_tun, qtest_pid(to), dst_tun);
+    assert_tap_handed_over(vm.qts, src_tun, to, 0, 0);
     qtest_quit(vm.qts);
     vm_migrated(&vm, to);
     check_traffic(&vm.nic, vm.sock, 0, "fdset-dst");
@@ -250,9 +239,6 @@ static void test_mgmt_vhostfds_count(void)
     QTestState *qts;
     QDict *rsp;
 
-    if (!need_tap()) {
-        return;
-    }
     qts = qtest_init("-M pc -m 64 -nodefaults -incoming defer");
     fds_before = count_fds(qtest_pid(qts));
     mgmt_open_tap(fds, true);
@@ -282,12 +268,13 @@ static void test_mgmt_vhostfds_count(void)
     qtest_quit(qts);
 }
 
-void tap_transfer_add_management_tests(void)
+void tap_transfer_add_management_tests(TapTransferTestEnv *env)
 {
     for (int i = 0; i < ARRAY_SIZE(mgmt_cases); i++) {
-        qtest_add_data_func(mgmt_cases[i].path, &mgmt_cases[i], test_mgmt);
+        tap_transfer_test_add_data(mgmt_cases[i].path, &mgmt_cases[i],
+                                   test_mgmt);
     }
-    qtest_add_func("/tap-transfer/management/fdset", test_mgmt_fdset);
-    qtest_add_func("/tap-transfer/management/vhostfds-count",
-                   test_mgmt_vhostfds_count);
+    tap_transfer_test_add("/tap-transfer/management/fdset", test_mgmt_fdset);
+    tap_transfer_test_add("/tap-transfer/management/vhostfds-count",
+                          test_mgmt_vhostfds_count);
 }

@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, the netdev as management sees it: a QOM
+ * tap-transfer tests, the netdev as management sees it: a QOM
  * object at /netdevs/ID whose properties follow the handover, and
  * migration sections keyed by the netdev id rather than by the order in
  * which netdevs were created
@@ -65,9 +65,6 @@ static void test_qom_states(void)
     QTestState *to;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, NETDEV, 1, NULL);
     assert_state(vm.qts, "n0", "own");
     assert_ifname(vm.qts, "n0", "tt0");
@@ -113,9 +110,6 @@ static void test_qom_frames_held(void)
     uint64_t read_before;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, NETDEV, 1, NULL);
     read_before = tap_frames_read("tt0");
     for (int i = 0; i < FRAMES; i++) {
@@ -223,9 +217,6 @@ static void test_netdev_order(void)
     g_autofree char *uri = migration_uri();
     QTestState *from, *to;
 
-    if (!need_tap()) {
-        return;
-    }
     from = start_two_netdevs(&m, nics, socks);
     for (int i = NETDEVS - 1; i >= 0; i--) {
         g_autofree char *netdev = netdev_arg(i);
@@ -257,9 +248,6 @@ static void test_netdev_add(void)
     g_autofree char *uri = migration_uri();
     QTestState *from, *to;
 
-    if (!need_tap()) {
-        return;
-    }
     from = start_two_netdevs(&m, nics, socks);
     to = qtest_init(args);
     qtest_qmp_assert_success(to, "{ 'execute': 'netdev_add', 'arguments': "
@@ -289,9 +277,6 @@ static void test_missing_netdev(void)
     QTestState *to;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, NETDEV, 1, netdev1);
     to = start_dest_opts(NETDEV, 1, true, &dest);
     migrate_refused(vm.qts, to, true, 0);
@@ -333,9 +318,6 @@ static void test_renamed_tap(void)
     unsigned ifindex;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, NETDEV, 1, NULL);
     ifindex = if_nametoindex("tt0");
     host_tap_rename("tt0", "ttr0");
@@ -358,13 +340,14 @@ static void test_renamed_tap(void)
     qtest_quit(to);
 }
 
-void tap_transfer_add_qom_tests(void)
+void tap_transfer_add_qom_tests(TapTransferTestEnv *env)
 {
-    qtest_add_func("/tap-transfer/qom/states", test_qom_states);
-    qtest_add_func("/tap-transfer/qom/frames-held", test_qom_frames_held);
-    qtest_add_func("/tap-transfer/qom/netdev-order", test_netdev_order);
-    qtest_add_func("/tap-transfer/qom/netdev-add", test_netdev_add);
-    qtest_add_func("/tap-transfer/qom/renamed-tap", test_renamed_tap);
-    qtest_add_func("/tap-transfer/refused/missing-netdev",
-                   test_missing_netdev);
+    tap_transfer_test_add("/tap-transfer/qom/states", test_qom_states);
+    tap_transfer_test_add("/tap-transfer/qom/frames-held",
+                          test_qom_frames_held);
+    tap_transfer_test_add("/tap-transfer/qom/netdev-order", test_netdev_order);
+    tap_transfer_test_add("/tap-transfer/qom/netdev-add", test_netdev_add);
+    tap_transfer_test_add("/tap-transfer/qom/renamed-tap", test_renamed_tap);
+    tap_transfer_test_add("/tap-transfer/refused/missing-netdev",
+                          test_missing_netdev);
 }

@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, what is refused, and how: channels that cannot
+ * tap-transfer tests, what is refused, and how: channels that cannot
  * pass fds, mismatched sides, a source that hands over something else than
  * a TAP
  *
@@ -25,18 +25,17 @@
 /* ...but with backend-transfer off it must open a TAP, and cannot */
 static void test_unprivileged_transfer_off(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     DestOptions dest = {
         .binary_var = "TAP_TRANSFER_UNPRIVILEGED_QEMU",
         .keep_on_error = true,
     };
-    g_autofree char *log = g_build_filename(tmpdir, "unprivileged.log", NULL);
+    g_autofree char *log = g_build_filename(env->tmpdir, "unprivileged.log",
+                                            NULL);
     g_autofree char *wrapped = NULL;
     QTestState *to;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     /* QMP only says the load failed; the reason is on stderr */
     wrapped = g_strdup_printf("2>%s setpriv --bounding-set=-all %s", log,
                               g_getenv("QTEST_QEMU_BINARY"));
@@ -74,9 +73,6 @@ static void test_refuse_channels(void)
     };
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
     migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
 
@@ -137,9 +133,6 @@ static void test_refuse_fd_channels(void)
     const char *reasons[] = { "fd:mig is a pipe", "fd:mig is an IPv4 socket" };
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
     migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
 
@@ -230,9 +223,6 @@ static void test_refused_after_adoption(void)
     QTestState *to;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, netdev, 1, "-device virtio-rng-pci,addr=05.0");
     to = start_dest_opts(netdev, 1, true, &dest);
     migrate_start(vm.qts, to, true);
@@ -263,42 +253,34 @@ static void test_refused_after_adoption(void)
 
 static void test_refused_on_off(void)
 {
-    if (need_tap()) {
-        do_refused("ifname=tt0,script=no,downscript=no", true,
-                   "ifname=tt1,script=no,downscript=no", 1, false,
-                   "netdev n0: backend-transfer is on on the source and off "
-                   "here; set it the same on both sides\n");
-    }
+    do_refused("ifname=tt0,script=no,downscript=no", true,
+               "ifname=tt1,script=no,downscript=no", 1, false,
+               "netdev n0: backend-transfer is on on the source and off "
+               "here; set it the same on both sides\n");
 }
 
 static void test_refused_off_on(void)
 {
-    if (need_tap()) {
-        do_refused("ifname=tt0,script=no,downscript=no", false,
-                   "ifname=tt0,script=no,downscript=no", 1, true,
-                   "netdev n0: backend-transfer is off on the source and on "
-                   "here; set it the same on both sides\n");
-    }
+    do_refused("ifname=tt0,script=no,downscript=no", false,
+               "ifname=tt0,script=no,downscript=no", 1, true,
+               "netdev n0: backend-transfer is off on the source and on "
+               "here; set it the same on both sides\n");
 }
 
 static void test_refused_queues(void)
 {
-    if (need_tap()) {
-        do_refused("ifname=tt0,script=no,downscript=no", true,
-                   "ifname=tt0,queues=2,script=no,downscript=no", 2, true,
-                   "netdev n0: the source has 1 queues, this QEMU was "
-                   "configured with 2\n");
-    }
+    do_refused("ifname=tt0,script=no,downscript=no", true,
+               "ifname=tt0,queues=2,script=no,downscript=no", 2, true,
+               "netdev n0: the source has 1 queues, this QEMU was "
+               "configured with 2\n");
 }
 
 static void test_refused_ifname(void)
 {
-    if (need_tap()) {
-        do_refused("ifname=tt0,script=no,downscript=no", true,
-                   "ifname=tt7,script=no,downscript=no", 1, true,
-                   "netdev n0: the source's TAP device is tt0, this QEMU was "
-                   "configured with ifname=tt7\n");
-    }
+    do_refused("ifname=tt0,script=no,downscript=no", true,
+               "ifname=tt7,script=no,downscript=no", 1, true,
+               "netdev n0: the source's TAP device is tt0, this QEMU was "
+               "configured with ifname=tt7\n");
 }
 
 /*
@@ -307,9 +289,6 @@ static void test_refused_ifname(void)
  */
 static void test_refused_vhost(void)
 {
-    if (!need_tap()) {
-        return;
-    }
     if (access("/dev/vhost-net", F_OK) == 0) {
         g_test_skip("/dev/vhost-net exists: the destination's vhost would "
                     "work");
@@ -355,22 +334,18 @@ static void do_refused_tap(short flags, const char *ifname,
  */
 static void test_refused_tun(void)
 {
-    if (need_tap()) {
-        do_refused_tap(IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, "ttun0",
-                       "netdev n0: queue 0: received device ttun0 is a TUN, "
-                       "not a TAP device\n");
-    }
+    do_refused_tap(IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, "ttun0",
+                   "netdev n0: queue 0: received device ttun0 is a TUN, "
+                   "not a TAP device\n");
 }
 
 /* A TAP whose frames come with packet information, which tap.c has not */
 static void test_refused_pi(void)
 {
-    if (need_tap()) {
-        do_refused_tap(IFF_TAP | IFF_VNET_HDR, "ttpi0",
-                       "netdev n0: queue 0: received TAP device ttpi0 "
-                       "prefixes its frames with packet information (no "
-                       "IFF_NO_PI)\n");
-    }
+    do_refused_tap(IFF_TAP | IFF_VNET_HDR, "ttpi0",
+                   "netdev n0: queue 0: received TAP device ttpi0 "
+                   "prefixes its frames with packet information (no "
+                   "IFF_NO_PI)\n");
 }
 
 static void wait_job(QTestState *qts, const char *id)
@@ -431,15 +406,13 @@ static void add_snapshot_disk(QTestState *qts, const char *file)
  */
 static void test_refused_snapshot(void)
 {
-    g_autofree char *file = g_build_filename(tmpdir, "snap.qcow2", NULL);
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *file = g_build_filename(env->tmpdir, "snap.qcow2", NULL);
     g_autofree char *refused = NULL;
     g_autofree char *taken = NULL;
     g_autofree char *state = NULL;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
     add_snapshot_disk(vm.qts, file);
     qtest_qmp_assert_success(vm.qts, "{ 'execute': 'stop' }");
@@ -472,8 +445,9 @@ static void test_refused_snapshot(void)
  */
 static void test_refused_awaiting(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
     const char *netdev = "ifname=tt0,script=no,downscript=no";
-    g_autofree char *path = g_build_filename(tmpdir, "onwards", NULL);
+    g_autofree char *path = g_build_filename(env->tmpdir, "onwards", NULL);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
     DestOptions dest = {
@@ -488,9 +462,6 @@ static void test_refused_awaiting(void)
     QDict *rsp;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, netdev, 1, NULL);
     to = start_dest_opts(netdev, 1, true, &dest);
     migrate_to(vm.qts, to, true);
@@ -536,9 +507,6 @@ static void test_refused_cpr_exec(void)
     QDict *rsp;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
     rsp = qtest_qmp(vm.qts, "{ 'execute': 'migrate-set-parameters',"
                     "  'arguments': { 'mode': 'cpr-exec' } }");
@@ -566,24 +534,28 @@ static void test_refused_cpr_exec(void)
     qtest_quit(vm.qts);
 }
 
-void tap_transfer_add_refused_tests(void)
+void tap_transfer_add_refused_tests(TapTransferTestEnv *env)
 {
-    qtest_add_func("/tap-transfer/migration/unprivileged-transfer-off",
-                   test_unprivileged_transfer_off);
-    qtest_add_func("/tap-transfer/refused/channels", test_refuse_channels);
-    qtest_add_func("/tap-transfer/refused/fd-channels",
-                   test_refuse_fd_channels);
-    qtest_add_func("/tap-transfer/refused/after-adoption",
-                   test_refused_after_adoption);
-    qtest_add_func("/tap-transfer/refused/on-off", test_refused_on_off);
-    qtest_add_func("/tap-transfer/refused/off-on", test_refused_off_on);
-    qtest_add_func("/tap-transfer/refused/queues", test_refused_queues);
-    qtest_add_func("/tap-transfer/refused/ifname", test_refused_ifname);
-    qtest_add_func("/tap-transfer/refused/tun", test_refused_tun);
-    qtest_add_func("/tap-transfer/refused/vhost", test_refused_vhost);
-    qtest_add_func("/tap-transfer/refused/cpr-exec", test_refused_cpr_exec);
-    qtest_add_func("/tap-transfer/refused/packet-information",
-                   test_refused_pi);
-    qtest_add_func("/tap-transfer/refused/snapshot", test_refused_snapshot);
-    qtest_add_func("/tap-transfer/refused/awaiting", test_refused_awaiting);
+    tap_transfer_test_add("/tap-transfer/migration/unprivileged-transfer-off",
+                          test_unprivileged_transfer_off);
+    tap_transfer_test_add("/tap-transfer/refused/channels",
+                          test_refuse_channels);
+    tap_transfer_test_add("/tap-transfer/refused/fd-channels",
+                          test_refuse_fd_channels);
+    tap_transfer_test_add("/tap-transfer/refused/after-adoption",
+                          test_refused_after_adoption);
+    tap_transfer_test_add("/tap-transfer/refused/on-off", test_refused_on_off);
+    tap_transfer_test_add("/tap-transfer/refused/off-on", test_refused_off_on);
+    tap_transfer_test_add("/tap-transfer/refused/queues", test_refused_queues);
+    tap_transfer_test_add("/tap-transfer/refused/ifname", test_refused_ifname);
+    tap_transfer_test_add("/tap-transfer/refused/tun", test_refused_tun);
+    tap_transfer_test_add("/tap-transfer/refused/vhost", test_refused_vhost);
+    tap_transfer_test_add("/tap-transfer/refused/cpr-exec",
+                          test_refused_cpr_exec);
+    tap_transfer_test_add("/tap-transfer/refused/packet-information",
+                          test_refused_pi);
+    tap_transfer_test_add("/tap-transfer/refused/snapshot",
+                          test_refused_snapshot);
+    tap_transfer_test_add("/tap-transfer/refused/awaiting",
+                          test_refused_awaiting);
 }

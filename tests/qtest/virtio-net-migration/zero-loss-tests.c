@@ -1,5 +1,5 @@
 /*
- * virtio-net-migration-test, zero loss: frames that wait in the TAP, or
+ * tap-transfer tests, zero loss: frames that wait in the TAP, or
  * that QEMU read but the guest did not get yet, reach the guest once, in
  * order
  *
@@ -36,9 +36,6 @@ static void test_zero_loss(void)
     QTestState *to;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, netdev, 1, NULL);
     for (int i = 0; i < FRAMES; i++) {
         bufs[i] = nic_post_rx(&vm.nic, 0, &heads[i]);
@@ -244,9 +241,7 @@ static void test_stranded(const void *opaque)
 {
     const StrandedCase *c = opaque;
 
-    if (need_tap()) {
-        do_stranded(c->netdev, c->pairs, c->refusing_netdev);
-    }
+    do_stranded(c->netdev, c->pairs, c->refusing_netdev);
 }
 
 /*
@@ -262,14 +257,18 @@ static void test_stranded(const void *opaque)
 
 static char *redirector_args(void)
 {
+    TapTransferTestEnv *env = tap_transfer_get_env();
+
     return g_strdup_printf("-chardev socket,id=c0,path=%s/redirector.sock,"
                            "server=on,wait=off -object filter-redirector,"
-                           "id=r0,netdev=n0,queue=tx,indev=c0", tmpdir);
+                           "id=r0,netdev=n0,queue=tx,indev=c0", env->tmpdir);
 }
 
 static int redirector_connect(void)
 {
-    g_autofree char *path = g_build_filename(tmpdir, "redirector.sock", NULL);
+    TapTransferTestEnv *env = tap_transfer_get_env();
+    g_autofree char *path = g_build_filename(env->tmpdir, "redirector.sock",
+                                             NULL);
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
     int sock = socket(AF_UNIX, SOCK_STREAM, 0);
 
@@ -321,9 +320,6 @@ static void test_held_zero_length(void)
     int sock;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     vm_start(&vm, REDIRECTOR_NETDEV, 1, extra);
     sock = redirector_connect();
     qtest_qmp_assert_success(vm.qts, "{ 'execute': 'stop' }");
@@ -357,9 +353,6 @@ static void test_held_over_the_cap(void)
     int sock;
     Vm vm = { 0 };
 
-    if (!need_tap()) {
-        return;
-    }
     /* The guest posts no receive buffers: the NIC queues what comes */
     vm_start(&vm, REDIRECTOR_NETDEV, 1, extra);
     sock = redirector_connect();
@@ -388,14 +381,15 @@ static void test_held_over_the_cap(void)
     close(sock);
 }
 
-void tap_transfer_add_zero_loss_tests(void)
+void tap_transfer_add_zero_loss_tests(TapTransferTestEnv *env)
 {
-    qtest_add_func("/tap-transfer/migration/zero-loss", test_zero_loss);
+    tap_transfer_test_add("/tap-transfer/migration/zero-loss", test_zero_loss);
     for (int i = 0; i < ARRAY_SIZE(stranded_cases); i++) {
-        qtest_add_data_func(stranded_cases[i].path, &stranded_cases[i],
-                            test_stranded);
+        tap_transfer_test_add_data(stranded_cases[i].path, &stranded_cases[i],
+                                   test_stranded);
     }
-    qtest_add_func("/tap-transfer/held/zero-length-frame",
-                   test_held_zero_length);
-    qtest_add_func("/tap-transfer/held/over-the-cap", test_held_over_the_cap);
+    tap_transfer_test_add("/tap-transfer/held/zero-length-frame",
+                          test_held_zero_length);
+    tap_transfer_test_add("/tap-transfer/held/over-the-cap",
+                          test_held_over_the_cap);
 }
