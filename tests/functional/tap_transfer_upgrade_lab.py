@@ -431,11 +431,13 @@ class UpgradeLabTest(TapLabTest):
         # (and so flushed), the VM's image reads consistent
         vm.qmp('stop')
         try:
-            return self._check_records(vm, image)
+            return self.assert_records_at_rest(vm, image)
         finally:
             vm.qmp('cont')
 
-    def _check_records(self, vm, image):
+    def assert_records_at_rest(self, vm, image):
+        """assert_records() of a VM that is stopped or has quit; the
+        number of records acked"""
         acked = vm.acked()
         self.assertEqual(acked, list(range(len(acked))),
                          'acks are not 0, 1, 2, ... once each')

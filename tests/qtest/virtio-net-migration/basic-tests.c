@@ -23,17 +23,28 @@
 
 /* Tests without migration */
 
+/* @binary refuses -netdev @netdev in one line that contains @want */
+static void assert_netdev_refused(const char *const *prefix,
+                                  const char *binary, const char *netdev,
+                                  const char *want)
+{
+    g_autofree char *err = NULL;
+    const char *args[] = {
+        "-M", "none", "-display", "none", "-netdev", netdev, NULL
+    };
+
+    g_assert_false(run_qemu(prefix, binary, args, NULL, &err));
+    g_test_message("%s", err);
+    g_assert_nonnull(strstr(err, want));
+    assert_one_line(err);
+}
+
 static void test_module_missing(void)
 {
     TapTransferTestEnv *env = tap_transfer_get_env();
     const char *qemu = g_getenv("QTEST_QEMU_BINARY");
     g_autofree char *lonely = g_build_filename(env->tmpdir, "qemu-no-modules",
                                                NULL);
-    g_autofree char *err = NULL;
-    const char *args[] = {
-        "-M", "none", "-display", "none",
-        "-netdev", "tap-transfer,id=n0,ifname=tt9", NULL
-    };
 
     g_assert_nonnull(qemu);
     /* Same binary, in a directory with no modules next to it */
@@ -45,12 +56,10 @@ static void test_module_missing(void)
         g_assert_true(g_file_set_contents(lonely, contents, len, NULL));
         g_assert_cmpint(chmod(lonely, 0755), ==, 0);
     }
-    g_assert_false(run_qemu(NULL, lonely, args, NULL, &err));
+    assert_netdev_refused(NULL, lonely, "tap-transfer,id=n0,ifname=tt9",
+                          "network backend 'tap-transfer' is not "
+                          "available: module 'net-tap-transfer' not found");
     unlink(lonely);
-
-    g_assert_nonnull(strstr(err, "network backend 'tap-transfer' is not "
-                            "available: module 'net-tap-transfer' not found"));
-    assert_one_line(err);
 }
 
 static void test_netdev_help(void)
@@ -65,17 +74,10 @@ static void test_netdev_help(void)
 
 static void test_bad_options(void)
 {
-    g_autofree char *err = NULL;
-    const char *args[] = {
-        "-M", "none", "-display", "none",
-        "-netdev", "tap-transfer,id=n0,helper=/bin/true", NULL
-    };
-
-    g_assert_false(run_qemu(NULL, g_getenv("QTEST_QEMU_BINARY"), args, NULL,
-                            &err));
-    g_assert_nonnull(strstr(err, "helper= and br= are not supported by "
-                            "tap-transfer"));
-    assert_one_line(err);
+    assert_netdev_refused(NULL, g_getenv("QTEST_QEMU_BINARY"),
+                          "tap-transfer,id=n0,helper=/bin/true",
+                          "helper= and br= are not supported by "
+                          "tap-transfer");
 }
 
 static void test_rx_tx(void)
@@ -112,18 +114,12 @@ static void test_multiqueue(void)
 /* The destination needs no network privilege to adopt the TAP */
 static void test_unprivileged_open(void)
 {
-    g_autofree char *err = NULL;
     const char *setpriv[] = { "setpriv", "--bounding-set=-all", NULL };
-    const char *args[] = {
-        "-M", "none", "-display", "none",
-        "-netdev", "tap-transfer,id=n0,ifname=tt9,script=no,downscript=no",
-        NULL
-    };
 
-    g_assert_false(run_qemu(setpriv, g_getenv("QTEST_QEMU_BINARY"), args,
-                            NULL, &err));
-    g_assert_nonnull(strstr(err, "netdev n0: this QEMU lacks CAP_NET_ADMIN"));
-    assert_one_line(err);
+    assert_netdev_refused(setpriv, g_getenv("QTEST_QEMU_BINARY"),
+                          "tap-transfer,id=n0,ifname=tt9,script=no,"
+                          "downscript=no",
+                          "netdev n0: this QEMU lacks CAP_NET_ADMIN");
 }
 
 /*
@@ -132,20 +128,13 @@ static void test_unprivileged_open(void)
  */
 static void test_not_compiled(void)
 {
-    g_autofree char *err = NULL;
-    const char *args[] = {
-        "-M", "none", "-display", "none", "-netdev", "vde,id=v0", NULL
-    };
-
 #ifdef CONFIG_VDE
     g_test_skip("this build has the vde netdev");
     return;
 #endif
-    g_assert_false(run_qemu(NULL, g_getenv("QTEST_QEMU_BINARY"), args, NULL,
-                            &err));
-    g_assert_nonnull(strstr(err, "network backend 'vde' is not compiled into "
-                            "this binary"));
-    assert_one_line(err);
+    assert_netdev_refused(NULL, g_getenv("QTEST_QEMU_BINARY"), "vde,id=v0",
+                          "network backend 'vde' is not compiled into "
+                          "this binary");
 }
 
 /* The QOM type is known before any netdev loaded the module */
@@ -210,18 +199,10 @@ static void test_long_id(void)
 /* A failure in an fd set keeps the line that says what was being done */
 static void test_fdset_error(void)
 {
-    g_autofree char *err = NULL;
-    const char *args[] = {
-        "-M", "none", "-display", "none",
-        "-netdev", "tap-transfer,id=n0,fd=/dev/fdset/9", NULL
-    };
-
-    g_assert_false(run_qemu(NULL, g_getenv("QTEST_QEMU_BINARY"), args, NULL,
-                            &err));
-    g_test_message("%s", err);
-    g_assert_nonnull(strstr(err, "cannot take a TAP file descriptor from "
-                            "/dev/fdset/9: "));
-    assert_one_line(err);
+    assert_netdev_refused(NULL, g_getenv("QTEST_QEMU_BINARY"),
+                          "tap-transfer,id=n0,fd=/dev/fdset/9",
+                          "cannot take a TAP file descriptor from "
+                          "/dev/fdset/9: ");
 }
 
 void tap_transfer_add_basic_tests(TapTransferTestEnv *env)

@@ -24,9 +24,10 @@
 #include <net/if.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/un.h>
+#include "qapi/error.h"
 #include "qemu/bswap.h"
 #include "qemu/cutils.h"
+#include "qemu/sockets.h"
 #include "qobject/qdict.h"
 #include "migration/migration-qmp.h"
 #include "migration/migration-util.h"
@@ -84,19 +85,6 @@ static void wait_logged(const FakeDest *d, const char *what)
         g_assert_cmpint(g_get_monotonic_time(), <, deadline);
         g_usleep(10 * 1000);
     }
-}
-
-static int listen_unix(const char *path)
-{
-    struct sockaddr_un sun = { .sun_family = AF_UNIX };
-    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    g_assert_cmpint(sock, >=, 0);
-    unlink(path);
-    pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
-    g_assert_cmpint(bind(sock, (struct sockaddr *)&sun, sizeof(sun)), ==, 0);
-    g_assert_cmpint(listen(sock, 4), ==, 0);
-    return sock;
 }
 
 /*
@@ -260,8 +248,8 @@ static void do_hangup(const HangupCase *c, bool check_order)
     d.log = g_build_filename(env->tmpdir, "hangup-source.log", NULL);
     d.paused = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     unlink(d.log);
-    listener = listen_unix(mig_path);
-    d.pause_listener = listen_unix(pause_path);
+    listener = unix_listen(mig_path, &error_abort);
+    d.pause_listener = unix_listen(pause_path, &error_abort);
 
     extra = g_strdup_printf("-m 8 " HANGUP_TRACES " -D %s", d.log);
     g_setenv("TAP_TRANSFER_TEST_PAUSE", pause_path, true);

@@ -18,10 +18,11 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <linux/if_tun.h>
-#include <sys/un.h>
 #include <sys/wait.h>
+#include "qapi/error.h"
 #include "qemu/bswap.h"
 #include "qemu/cutils.h"
+#include "qemu/sockets.h"
 #include "qobject/qdict.h"
 #include "migration/migration-qmp.h"
 #include "migration/migration-util.h"
@@ -132,7 +133,6 @@ static void record_stream(void)
     TapTransferTestEnv *env = tap_transfer_get_env();
     g_autofree char *path = g_build_filename(env->tmpdir, "record.sock", NULL);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
-    struct sockaddr_un sun = { .sun_family = AF_UNIX };
     uint64_t read_before;
     unsigned ifindex;
     int listener, conn, sock, nfds = 0;
@@ -154,11 +154,7 @@ static void record_stream(void)
     g_usleep(100 * 1000);
     close(sock);
 
-    pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
-    listener = socket(AF_UNIX, SOCK_STREAM, 0);
-    g_assert_cmpint(bind(listener, (struct sockaddr *)&sun, sizeof(sun)),
-                    ==, 0);
-    g_assert_cmpint(listen(listener, 1), ==, 0);
+    listener = unix_listen(path, &error_abort);
     migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
     migrate_qmp(vm.qts, NULL, uri, NULL, "{}");
     conn = accept(listener, NULL, NULL);
@@ -259,18 +255,6 @@ static bool send_all(int sock, const uint8_t *data, size_t len, int fd)
     return true;
 }
 
-static int feed_connect(const char *path)
-{
-    struct sockaddr_un sun = { .sun_family = AF_UNIX };
-    int sock = socket(AF_UNIX, SOCK_STREAM, 0);
-
-    g_assert_cmpint(sock, >=, 0);
-    pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
-    g_assert_cmpint(connect(sock, (struct sockaddr *)&sun, sizeof(sun)),
-                    ==, 0);
-    return sock;
-}
-
 /*
  * Bytes @from to @to of the stream, each of @fds on the byte its queue's
  * fd came with; false if the destination stopped reading
@@ -311,7 +295,7 @@ static bool feed_part(int sock, const GByteArray *stream, size_t from,
 /* The stream, with each fd on the byte it came with */
 static void feed(const char *path, const GByteArray *stream)
 {
-    int sock = feed_connect(path);
+    int sock = unix_connect(path, &error_abort);
 
     feed_part(sock, stream, 0, stream->len);
     close(sock);
@@ -686,7 +670,7 @@ static void test_hostile_netdev_del(void)
                        HOSTILE_EXTRA " -incoming defer");
     migrate_set_parameter_bool(to, "backend-transfer", true);
     migrate_incoming_qmp(to, uri, NULL, "{}");
-    sock = feed_connect(path);
+    sock = unix_connect(path, &error_abort);
     g_assert_true(feed_part(sock, rec.bytes, 0, rec.at.frame_size));
     wait_for_migration_status(to, "active", ungoals);
 
@@ -753,7 +737,7 @@ static void test_hostile_single_queue_tap(void)
                        HOSTILE_QUEUES, HOSTILE_EXTRA " -incoming defer");
     migrate_set_parameter_bool(to, "backend-transfer", true);
     migrate_incoming_qmp(to, uri, NULL, "{ 'exit-on-error': false }");
-    sock = feed_connect(path);
+    sock = unix_connect(path, &error_abort);
     feed_fds(sock, b, 0, b->len, fds);
     close(sock);
     status = wait_migration_done(to);

@@ -8,11 +8,12 @@
 #include "qemu/osdep.h"
 #include <net/if.h>
 #include <sys/ioctl.h>
-#include <sys/un.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
+#include "qapi/error.h"
 #include "qemu/bswap.h"
 #include "qemu/cutils.h"
+#include "qemu/sockets.h"
 #include "qobject/qdict.h"
 #include "qobject/qlist.h"
 #include "libqos/virtio.h"
@@ -59,17 +60,12 @@ static void test_netdev_del_migrating(void)
     TapTransferTestEnv *env = tap_transfer_get_env();
     g_autofree char *path = g_build_filename(env->tmpdir, "stalled-del", NULL);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
-    struct sockaddr_un sun = { .sun_family = AF_UNIX };
     const char *ungoals[] = { "failed", "completed", NULL };
     int listener;
     Vm vm = { 0 };
 
     /* A destination that accepts nothing: the migration stays active */
-    pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
-    listener = socket(AF_UNIX, SOCK_STREAM, 0);
-    g_assert_cmpint(bind(listener, (struct sockaddr *)&sun, sizeof(sun)),
-                    ==, 0);
-    g_assert_cmpint(listen(listener, 4), ==, 0);
+    listener = unix_listen(path, &error_abort);
 
     vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
     migrate_set_parameter_bool(vm.qts, "backend-transfer", true);
@@ -286,17 +282,12 @@ static void test_cancel(void)
     TapTransferTestEnv *env = tap_transfer_get_env();
     g_autofree char *path = g_build_filename(env->tmpdir, "stalled", NULL);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
-    struct sockaddr_un sun = { .sun_family = AF_UNIX };
     unsigned fds_before;
     int listener;
     Vm vm = { 0 };
 
     /* A destination that accepts nothing: the migration stays active */
-    pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
-    listener = socket(AF_UNIX, SOCK_STREAM, 0);
-    g_assert_cmpint(bind(listener, (struct sockaddr *)&sun, sizeof(sun)),
-                    ==, 0);
-    g_assert_cmpint(listen(listener, 4), ==, 0);
+    listener = unix_listen(path, &error_abort);
 
     vm_start(&vm, "ifname=tt0,script=no,downscript=no", 1, NULL);
     migrate_set_parameter_bool(vm.qts, "backend-transfer", true);

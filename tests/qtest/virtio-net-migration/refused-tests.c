@@ -9,11 +9,12 @@
 #include "qemu/osdep.h"
 #include <net/if.h>
 #include <sys/ioctl.h>
-#include <sys/un.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
+#include "qapi/error.h"
 #include "qemu/bswap.h"
 #include "qemu/cutils.h"
+#include "qemu/sockets.h"
 #include "qobject/qdict.h"
 #include "qobject/qlist.h"
 #include "libqos/virtio.h"
@@ -449,7 +450,6 @@ static void test_refused_awaiting(void)
     const char *netdev = "ifname=tt0,script=no,downscript=no";
     g_autofree char *path = g_build_filename(env->tmpdir, "onwards", NULL);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
-    struct sockaddr_un sun = { .sun_family = AF_UNIX };
     DestOptions dest = {
         .binary_var = logged_qemu(),
         .extra = "-netdev tap-transfer,id=n1,ifname=tt1,script=no,"
@@ -471,11 +471,7 @@ static void test_refused_awaiting(void)
     state = qom_get_str(to, "n1", "state");
     g_assert_cmpstr(state, ==, "awaiting");
 
-    pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
-    listener = socket(AF_UNIX, SOCK_STREAM, 0);
-    g_assert_cmpint(bind(listener, (struct sockaddr *)&sun, sizeof(sun)),
-                    ==, 0);
-    g_assert_cmpint(listen(listener, 1), ==, 0);
+    listener = unix_listen(path, &error_abort);
     migrate_qmp(to, NULL, uri, NULL, "{}");
     status = wait_migration_done(to);
     g_assert_cmpstr(status, ==, "failed");

@@ -9,12 +9,13 @@
 #include "qemu/osdep.h"
 #include <net/if.h>
 #include <sys/ioctl.h>
-#include <sys/un.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
 #include <linux/sockios.h>
+#include "qapi/error.h"
 #include "qemu/bswap.h"
 #include "qemu/cutils.h"
+#include "qemu/sockets.h"
 #include "qobject/qdict.h"
 #include "qobject/qlist.h"
 #include "libqos/virtio.h"
@@ -269,14 +270,8 @@ static int redirector_connect(void)
     TapTransferTestEnv *env = tap_transfer_get_env();
     g_autofree char *path = g_build_filename(env->tmpdir, "redirector.sock",
                                              NULL);
-    struct sockaddr_un sun = { .sun_family = AF_UNIX };
-    int sock = socket(AF_UNIX, SOCK_STREAM, 0);
 
-    g_assert_cmpint(sock, >=, 0);
-    pstrcpy(sun.sun_path, sizeof(sun.sun_path), path);
-    g_assert_cmpint(connect(sock, (struct sockaddr *)&sun, sizeof(sun)),
-                    ==, 0);
-    return sock;
+    return unix_connect(path, &error_abort);
 }
 
 /* A frame for the guest behind its vnet header, or 0 bytes */
