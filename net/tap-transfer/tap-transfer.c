@@ -762,13 +762,20 @@ static int tap_transfer_post_save(void *opaque)
 /*
  * Whether a TAP device prefixes its frames with packet information,
  * that is whether it lacks IFF_NO_PI.  TUNGETIFF alone cannot tell: on
- * a queue with no socket filter it sets IFF_NOFILTER, IFF_NO_PI's bit.
- * So when the device has no filter, one that passes every frame is
- * attached for the time of the question, then detached.  The source
- * is stopped and reads nothing meanwhile; a filter management attached
- * is left alone.
+ * a queue with no socket filter it sets IFF_NOFILTER, IFF_NO_PI's bit,
+ * so only a clear bit answers.  A device without a filter gets one that
+ * passes every frame for the time of the question, and is left as it
+ * was.  One that has a filter, or had one that someone else detached
+ * (the kernel keeps its length, and TUNGETFILTER cannot say whether it
+ * is still attached), is left alone: then a set bit tells nothing, and
+ * *known is false.
+ *
+ * The kernel attaches the filter to every queue of the device, some
+ * 50 us each: this is for the fds management passes, at -netdev or
+ * netdev_add, never for the downtime.
  */
-static bool tap_transfer_probe_pi(int fd, bool *has_pi, Error **errp)
+static bool tap_transfer_probe_pi(int fd, bool *has_pi, bool *known,
+                                  Error **errp)
 {
     struct sock_filter pass_all = BPF_STMT(BPF_RET | BPF_K, UINT32_MAX);
     struct sock_fprog probe = { .len = 1, .filter = &pass_all };
@@ -789,15 +796,82 @@ static bool tap_transfer_probe_pi(int fd, bool *has_pi, Error **errp)
         attached = true;
     }
     ret = ioctl(fd, TUNGETIFF, &ifr);
-    if (attached && ioctl(fd, TAP_TRANSFER_TUNDETACHFILTER, &probe) < 0) {
-        error_setg_errno(errp, errno, "cannot detach the socket filter");
-        return false;
+    if (attached) {
+        struct sock_fprog none = { 0 };
+
+        if (ioctl(fd, TAP_TRANSFER_TUNDETACHFILTER, &probe) < 0) {
+            error_setg_errno(errp, errno, "cannot detach the socket filter");
+            return false;
+        }
+        /*
+         * Forget the detached filter's length, which would hide the
+         * device from the next probe: the kernel records an empty
+         * program before it refuses it (EINVAL), attaching nothing.
+         */
+        ioctl(fd, TAP_TRANSFER_TUNATTACHFILTER, &none);
     }
     if (ret < 0) {
         error_setg_errno(errp, errno, "cannot read the device's flags");
         return false;
     }
     *has_pi = !(ifr.ifr_flags & IFF_NO_PI);
+    /* The kernel attaches filters to the queues in use only */
+    *known = *has_pi || (attached && !(ifr.ifr_flags & IFF_DETACH_QUEUE));
+    return true;
+}
+
+/*
+ * The fds management passes are queues of one device, which, if it is
+ * a TAP, must have no packet information, as tap.c reads and writes
+ * frames.  A clear bit on any queue refuses; queue 0 is probed for the
+ * device.  A TUN is tap.c's to take, and a handover's to refuse.
+ */
+static bool tap_transfer_check_mgmt_fds(const char *name, const int *fds,
+                                        uint32_t n, Error **errp)
+{
+    ERRP_GUARD();
+    struct ifreq ifr0 = { 0 };
+    bool has_pi = false;
+    bool known = true;
+
+    for (uint32_t i = 0; i < n; i++) {
+        struct ifreq ifr = { 0 };
+
+        if (ioctl(fds[i], TUNGETIFF, &ifr) < 0) {
+            error_setg_errno(errp, errno, "netdev %s: queue %u: file "
+                             "descriptor is not a TAP device's", name, i);
+            return false;
+        }
+        if (i == 0) {
+            ifr0 = ifr;
+        } else if (strncmp(ifr.ifr_name, ifr0.ifr_name, IFNAMSIZ)) {
+            error_setg(errp, "netdev %s: queue %u is TAP device %s, queue 0 "
+                       "%s: the queues of a netdev are one device", name, i,
+                       ifr.ifr_name, ifr0.ifr_name);
+            return false;
+        }
+        has_pi = !(ifr.ifr_flags & IFF_NO_PI);
+        if ((ifr.ifr_flags & IFF_TAP) && has_pi) {
+            break;
+        }
+    }
+    if (!(ifr0.ifr_flags & IFF_TAP)) {
+        return true;
+    }
+    if (!has_pi &&
+        !tap_transfer_probe_pi(fds[0], &has_pi, &known, errp)) {
+        error_prepend(errp, "netdev %s: queue 0: ", name);
+        return false;
+    }
+    if (has_pi) {
+        error_setg(errp, "netdev %s: TAP device %s prefixes its frames with "
+                   "packet information (no IFF_NO_PI)", name,
+                   ifr0.ifr_name);
+        return false;
+    }
+    if (!known) {
+        trace_tap_transfer_pi_unknown(name, ifr0.ifr_name);
+    }
     return true;
 }
 
@@ -807,7 +881,6 @@ static bool tap_transfer_check_fd(TapTransfer *s, uint32_t index,
     ERRP_GUARD();
     struct ifreq ifr = { 0 };
     struct stat st;
-    bool has_pi;
     int hdr_len;
 
     if (q->fd < 0) {
@@ -843,13 +916,13 @@ static bool tap_transfer_check_fd(TapTransfer *s, uint32_t index,
                    "expected %s", s->name, index, ifr.ifr_name, ifname);
         return false;
     }
-    /* tap.c reads and writes frames without the packet information */
-    if (!tap_transfer_probe_pi(q->fd, &has_pi, errp)) {
-        error_prepend(errp, "netdev %s: queue %u: TAP device %s: ", s->name,
-                      index, ifr.ifr_name);
-        return false;
-    }
-    if (has_pi) {
+    /*
+     * tap.c reads and writes frames without the packet information.  A
+     * clear bit says so for sure; see tap_transfer_probe_pi(), which
+     * the source ran on fds that management gave it, and which costs
+     * too much for the downtime.
+     */
+    if (!(ifr.ifr_flags & IFF_NO_PI)) {
         error_setg(errp, "netdev %s: queue %u: received TAP device %s "
                    "prefixes its frames with packet information "
                    "(no IFF_NO_PI)", s->name, index, ifr.ifr_name);
@@ -1614,6 +1687,10 @@ static bool tap_transfer_init_incoming(TapTransfer *s, Error **errp)
             return false;
         }
         s->queues = s->n_mgmt_fds;
+        if (!tap_transfer_check_mgmt_fds(s->name, s->mgmt_fds, s->queues,
+                                         errp)) {
+            return false;
+        }
         vnet_hdr = tap_probe_vnet_hdr(s->mgmt_fds[0], errp);
         if (vnet_hdr < 0) {
             return false;
@@ -1661,6 +1738,17 @@ static bool tap_transfer_init_running(TapTransfer *s, Error **errp)
                                      TAP_TRANSFER_MAX_QUEUES);
     s->queues = n;
     s->ncs = g_memdup2(ncs, n * sizeof(ncs[0]));
+    /* tap.c opens its own TAPs with IFF_NO_PI, not management's */
+    if (s->opts->fd || s->opts->fds) {
+        int fds[TAP_TRANSFER_MAX_QUEUES];
+
+        for (int i = 0; i < n; i++) {
+            fds[i] = tap_get_fd(ncs[i]);
+        }
+        if (!tap_transfer_check_mgmt_fds(s->name, fds, n, errp)) {
+            return false;
+        }
+    }
     if (tap_fd_get_ifname(tap_get_fd(ncs[0]), s->ifname)) {
         s->ifname[0] = '\0';
     }

@@ -340,13 +340,78 @@ static void test_refused_tun(void)
                    "not a TAP device\n");
 }
 
-/* A TAP whose frames come with packet information, which tap.c has not */
+static int open_tap(const char *ifname, short flags)
+{
+    struct ifreq ifr = { .ifr_flags = flags };
+    int fd = open("/dev/net/tun", O_RDWR);
+
+    g_assert_cmpint(fd, >=, 0);
+    pstrcpy(ifr.ifr_name, IFNAMSIZ, ifname);
+    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
+    return fd;
+}
+
+/*
+ * netdev_add with the TAP fds management passes is refused, on a
+ * running QEMU and on an incoming one alike, with @want.  Both are
+ * given the same TAP: a probe leaves it as it found it.
+ */
+static void assert_mgmt_fds_refused(int *fds, int n, const char *want)
+{
+    const char *machines[] = { "-M none", "-M none -incoming defer" };
+
+    for (int i = 0; i < ARRAY_SIZE(machines); i++) {
+        QTestState *qts = qtest_init(machines[i]);
+        g_autoptr(GString) names = g_string_new(NULL);
+        QDict *rsp;
+
+        for (int j = 0; j < n; j++) {
+            g_autofree char *name = g_strdup_printf("q%d", j);
+
+            qtest_qmp_fds_assert_success(qts, &fds[j], 1,
+                "{ 'execute': 'getfd', 'arguments': { 'fdname': %s } }",
+                name);
+            g_string_append_printf(names, "%s%s", j ? ":" : "", name);
+        }
+        rsp = qtest_qmp(qts, "{ 'execute': 'netdev_add', 'arguments': "
+                        "{ 'type': 'tap-transfer', 'id': 'n0', %s: %s } }",
+                        n > 1 ? "fds" : "fd", names->str);
+        g_assert_true(qdict_haskey(rsp, "error"));
+        g_assert_cmpstr(qdict_get_str(qdict_get_qdict(rsp, "error"), "desc"),
+                        ==, want);
+        qobject_unref(rsp);
+        qtest_quit(qts);
+    }
+}
+
+/*
+ * A TAP whose frames come with packet information, which tap.c would
+ * read as frames: refused when management passes it, so that none
+ * reaches a handover, where probing for it would cost downtime
+ */
 static void test_refused_pi(void)
 {
-    do_refused_tap(IFF_TAP | IFF_VNET_HDR, "ttpi0",
-                   "netdev n0: queue 0: received TAP device ttpi0 "
-                   "prefixes its frames with packet information (no "
-                   "IFF_NO_PI)\n");
+    int fd = open_tap("ttpi0", IFF_TAP | IFF_VNET_HDR);
+
+    assert_mgmt_fds_refused(&fd, 1, "netdev n0: TAP device ttpi0 prefixes "
+                            "its frames with packet information (no "
+                            "IFF_NO_PI)");
+    close(fd);
+}
+
+/* The queues of one netdev are queues of one TAP device */
+static void test_refused_two_devices(void)
+{
+    int fds[] = {
+        open_tap("ttqa0", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR),
+        open_tap("ttqb0", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR),
+    };
+
+    assert_mgmt_fds_refused(fds, 2, "netdev n0: queue 1 is TAP device "
+                            "ttqb0, queue 0 ttqa0: the queues of a netdev "
+                            "are one device");
+    close(fds[0]);
+    close(fds[1]);
 }
 
 static void wait_job(QTestState *qts, const char *id)
@@ -550,6 +615,8 @@ void tap_transfer_add_refused_tests(TapTransferTestEnv *env)
                           test_refused_cpr_exec);
     tap_transfer_test_add("/tap-transfer/refused/packet-information",
                           test_refused_pi);
+    tap_transfer_test_add("/tap-transfer/refused/two-devices",
+                          test_refused_two_devices);
     tap_transfer_test_add("/tap-transfer/refused/snapshot",
                           test_refused_snapshot);
     tap_transfer_test_add("/tap-transfer/refused/awaiting",
