@@ -7,6 +7,8 @@ SIGHUP, or is killed (then `--recover` runs); afterwards exactly one
 QEMU runs the guest, at the real QMP path, and at no moment did two run
 it, or the source run it after the destination had.  Prints TAP."""
 
+import glob
+import json
 import os
 import shutil
 import tempfile
@@ -671,6 +673,26 @@ class Failures(Base):
         self.expect(w, 'lost', None, 'must not run it')
         self.assertEqual(w.violations, [])
         self.assertNotEqual(w.source.status, 'running')
+
+    def test_journal_says_commit_at_cont(self):
+        """The destination gets its cont only once the journal on disk
+        says 'commit': a run killed there is finished by --recover,
+        never rolled back onto the source"""
+        w = World()
+        phases_at_cont = []
+        cont = FakeQemu.cmd_cont
+
+        def cmd_cont(qemu):
+            if qemu.role == 'destination':
+                (path,) = glob.glob(os.path.join(self.state, '*.json'))
+                with open(path) as f:
+                    phases_at_cont.append(json.load(f)['phase'])
+            return cont(qemu)
+        FakeQemu.cmd_cont = cmd_cont
+        self.addCleanup(setattr, FakeQemu, 'cmd_cont', cont)
+        r = self.upgrade(w)
+        self.assertEqual(r['status'], 'upgraded', r.get('error'))
+        self.assertEqual(phases_at_cont, ['commit'])
 
     def test_destination_dies_after_cont(self):
         """After the point of no return the source is never resumed"""

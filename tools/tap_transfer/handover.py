@@ -211,7 +211,9 @@ class Upgrade:
         self.phase_name = name
         self.times[name] = time.monotonic()
         if self.journal and name != 'verify':
-            self.journal.write(phase=name)
+            # the stopped guest waits for commit's record: 'running', the
+            # next, fsyncs it too, just after the cont
+            self.journal.write(phase=name, durable=name != 'commit')
         if name == 'commit':
             self.committed = True
         if os.environ.get(STOP_ENV) == name:

@@ -5,8 +5,12 @@ The journal of a run is a root-only JSON file per VM in the state
 directory (/run/tap-transfer, or $TAP_TRANSFER_STATE_DIR), written
 and fsync'ed before each step that changes something: the phase, the
 two QEMUs (pid and start time), the temporary names, the migration
-parameters to put back, the onboarding's new TAPs.  A run that ends,
-whichever way, removes it; one that is killed leaves it for
+parameters to put back, the onboarding's new TAPs.  One record is
+fsync'ed with the next, just after its step: the point of no return,
+which the stopped guest waits for.  It is in place (renamed over the
+last) before the `cont`, so a run killed there leaves it; only a crash
+of the host could lose it, and that takes both QEMUs with it.  A run
+that ends, whichever way, removes it; one that is killed leaves it for
 `--recover`.
 
 The lock is an flock on a file named by the source QEMU's pid and
@@ -66,19 +70,23 @@ class Journal:
     def __getitem__(self, key):
         return self.data.get(key)
 
-    def write(self, **changes):
-        """Record @changes; on disk (fsync'ed) when this returns."""
+    def write(self, durable=True, **changes):
+        """Record @changes.  When this returns, the record is what a
+        reader finds, also after this process dies; with @durable it is
+        on disk too (fsync'ed)."""
         self.data.update(changes)
         tmp = self.path + '.tmp'
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
                      os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, json.dumps(self.data, indent=1).encode())
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, self.path)
-        _fsync_dir(os.path.dirname(self.path))
+        if durable:
+            _fsync_dir(os.path.dirname(self.path))
 
     def remove(self):
         try:
