@@ -25,6 +25,20 @@ def _children(mon, path):
         return {}
 
 
+def _memdev(mon):
+    """{id: {size, share}} of the memory backends under /objects, as
+    query-memdev reads them (the same QOM properties); {} if it fails"""
+    try:
+        out = mon.cmd('query-memdev')
+    except CommandError:
+        return {}
+    if not isinstance(out, list):
+        return {}
+    return {m['id']: {'size': m['size'], 'share': m['share']}
+            for m in out if isinstance(m, dict) and
+            {'id', 'size', 'share'} <= m.keys()}
+
+
 def _chain(image):
     """[(filename, format)] of an image and its backing images"""
     out = []
@@ -78,13 +92,17 @@ class LiveState:
                 nodes[n['node-name']] = (n.get('drv'), n.get('file'),
                                          n.get('ro'))
         memory = {}
-        for name, qtype in _children(mon, '/objects').items():
-            if not qtype.startswith('memory-backend-'):
-                continue
+        backends = {name: qtype for name, qtype in
+                    _children(mon, '/objects').items()
+                    if qtype.startswith('memory-backend-')}
+        # every backend's size and share in one round trip
+        memdev = _memdev(mon) if backends else {}
+        for name, qtype in backends.items():
             path = f'/objects/{name}'
-            m = {'type': qtype,
-                 'size': mon.cmd('qom-get', path=path, property='size'),
-                 'share': mon.cmd('qom-get', path=path, property='share')}
+            m = {'type': qtype}
+            for prop in ('size', 'share'):
+                m[prop] = memdev[name][prop] if name in memdev else \
+                    mon.cmd('qom-get', path=path, property=prop)
             if qtype == 'memory-backend-file':
                 m['mem-path'] = mon.cmd('qom-get', path=path,
                                         property='mem-path')
