@@ -173,6 +173,10 @@ class FakeMonitor:
             raise MonitorGone('closed')
         return self.qemu.handle(name, args)
 
+    def version(self):
+        """As the greeting says it"""
+        return self.qemu.cmd_query_version()['qemu']
+
     def try_cmd(self, name, **args):
         try:
             return self.cmd(name, **args)

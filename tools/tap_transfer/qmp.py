@@ -32,11 +32,12 @@ class CommandError(Exception):
 class Monitor:
     """One QMP connection."""
 
-    def __init__(self, path, sock, qmp, pid):
+    def __init__(self, path, sock, qmp, pid, greeting):
         self.path = path
         self.sock = sock
         self.qmp = qmp
         self.pid = pid
+        self.greeting = greeting
 
     @classmethod
     def connect(cls, path, timeout):
@@ -53,14 +54,14 @@ class Monitor:
                                   '(another client holds the monitor?)')
             qmp = QEMUMonitorProtocol(sock)
             qmp.settimeout(timeout)
-            qmp.connect()
+            greeting = qmp.connect()
         except (OSError, QMPError, asyncio.TimeoutError, EOFError) as e:
             sock.close()
             raise MonitorGone(f'{path}: {e}') from e
         except BaseException:
             sock.close()
             raise
-        return cls(path, sock, qmp, pid)
+        return cls(path, sock, qmp, pid, greeting)
 
     @classmethod
     def peer(cls, path, timeout):
@@ -81,6 +82,13 @@ class Monitor:
         except (QMPError, OSError, asyncio.TimeoutError, EOFError) as e:
             raise MonitorGone(f'{self.path}: {name}: '
                               f'{e or type(e).__name__}') from e
+
+    def version(self):
+        """query-version's 'qemu', which the greeting carries"""
+        try:
+            return self.greeting['QMP']['version']['qemu']
+        except (KeyError, TypeError):
+            return self.cmd('query-version')['qemu']
 
     def try_cmd(self, name, **args):
         """cmd(), or None when it fails in any way"""

@@ -34,7 +34,7 @@ class Source:
     @classmethod
     def read(cls, mon):
         pid = mon.pid
-        v = mon.cmd('query-version')['qemu']
+        v = mon.version()
         mtype = mon.cmd('qom-get', path='/machine', property='type')
         fdsets = {}
         for fs in mon.try_cmd('query-fdsets') or []:
