@@ -6,6 +6,8 @@ identity is this process's own, so the identity checks pass.  Prints
 TAP."""
 
 import os
+import shutil
+import tempfile
 import unittest
 
 import taptest
@@ -269,6 +271,12 @@ class Refusals(unittest.TestCase):
                      cwd='/')
         self.refused('-daemonize -drive file=disk.qcow2,if=none',
                      'relative path', cwd='/')
+        self.refused('-daemonize -blockdev {"driver":"qcow2","node-name":'
+                     '"d0","file":{"driver":"file","filename":"disk.qcow2"}}',
+                     'relative path', cwd='/')
+        # a string "file" of -blockdev names a node, not a file
+        plan('-daemonize -blockdev {"driver":"qcow2","node-name":"d0",'
+             '"file":"f0"} ' + QMP, cwd='/')
 
     def test_runas_changed(self):
         """a -runas that is not the user the VM runs as: its command line
@@ -277,6 +285,21 @@ class Refusals(unittest.TestCase):
         self.refused('-run-with user=4242:4242', 'not as the user', uid=1000)
         p = plan('-run-with user=4242:4242 ' + QMP, uid=4242)
         self.assertTrue(p.as_launched)
+
+    def test_launched_moves(self):
+        """A QEMU that drops to a user itself made its pidfile as root,
+        and the new one will: only in a directory that user can write"""
+        d = tempfile.mkdtemp(prefix='tt-plan-')
+        self.addCleanup(shutil.rmtree, d)
+        os.chmod(d, 0o755)
+        argv = f'-run-with user=4242:4242 -pidfile {d}/vm.pid'
+        if os.getuid() != 0:
+            self.skipTest('not root: the directory cannot be given away')
+        self.refused(argv, 'drops to uid 4242, who cannot write', uid=4242)
+        os.chown(d, 4242, 4242)
+        p = plan(argv + ' ' + QMP, uid=4242)
+        self.assertIn(('pidfile', f'{d}/vm.pid',
+                       f'{d}/vm.pid.tt-upgrade-{TOKEN}'), p.moves)
 
     def test_copy_shared_file(self):
         mem = memory(ram0={'type': 'memory-backend-file', 'share': True,

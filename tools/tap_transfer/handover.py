@@ -280,6 +280,11 @@ class Upgrade:
         p = self.plan
         if p.onboarding:
             p.onboarding.log = self.log
+            if p.onboarding.not_carried:
+                # --force: what the new TAPs go on without, said
+                self.report['not_carried'] = p.onboarding.not_carried
+                for what in p.onboarding.not_carried:
+                    self.log(f'--force: not carried to the new TAP: {what}')
         self.report.update({
             'old_pid': pid, 'old_version': vstr(source.version),
             'new_version': vstr(p.target.version), 'mode': p.mode,

@@ -144,6 +144,34 @@ class Options:
         self.no_steer = no_steer
 
 
+def writable_by(st, uid, gids):
+    """Whether a directory of stat @st lets @uid (in groups @gids) make
+    files in it, by its mode bits"""
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IWUSR)
+    if st.st_gid in gids:
+        return bool(st.st_mode & stat.S_IWGRP)
+    return bool(st.st_mode & stat.S_IWOTH)
+
+
+def json_paths(value):
+    """The paths in a JSON option (-blockdev '{"file": {"filename":
+    ...}}'), at any depth; a string "file" there names a node"""
+    out = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, str) and k in PATH_KEYS - {'file'}:
+                out.append(v)
+            else:
+                out += json_paths(v)
+    elif isinstance(value, list):
+        for v in value:
+            out += json_paths(v)
+    return out
+
+
 class Plan:
     """The destination's command line and the moves, for one VM."""
 
@@ -228,6 +256,7 @@ class Plan:
         self.find_qmp()
         self.check_unmoved_sockets()
         self.check_relative_paths()
+        self.check_launched_moves()
         self.mode = self.choose_mode()
         if self.options.onboard:
             self.check_onboard()
@@ -524,6 +553,29 @@ class Plan:
                           'names: it was changed after QEMU started')
         self.as_launched = True
 
+    def check_launched_moves(self):
+        """A QEMU that drops to a user itself (-runas, -run-with user=)
+        makes its sockets and pidfile as root first, and so will the new
+        one: only where that user could make them, so that a command
+        line changed after the start cannot have root make a file in a
+        directory of root's"""
+        if not self.as_launched:
+            return
+        ident = self.source.identity
+        uid = ident.uids[1]
+        gids = {ident.gids[1], *ident.groups}
+        for _, real, temp in self.moves:
+            d = os.path.dirname(temp)
+            try:
+                st = os.stat(d)
+            except OSError:
+                continue        # nobody makes it there: QEMU fails to start
+            if not writable_by(st, uid, gids):
+                raise Refused(f'{real}: the VM\'s QEMU makes it as root '
+                              f'before it drops to uid {uid}, who cannot '
+                              f'write {d}: its command line may have been '
+                              'changed after it started')
+
     def check_chroot(self, path, o):
         ident = self.source.identity
         if os.path.normpath(path) != ident.root:
@@ -602,7 +654,9 @@ class Plan:
             values = []
             if o.name in PATH_OPTIONS and o.value:
                 values.append(o.value)
-            elif o.value and o.json is None:
+            elif o.json is not None:
+                values += json_paths(o.json)
+            elif o.value:
                 values += [o.get(k) for k in PATH_KEYS if o.get(k)]
             if o.name in ('serial', 'parallel', 'monitor', 'qmp') and \
                     o.value:
