@@ -15,6 +15,7 @@
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <linux/if_packet.h>
+#include <linux/if_tun.h>
 #include <linux/kcmp.h>
 #include "qemu/bswap.h"
 #include "qemu/cutils.h"
@@ -126,6 +127,17 @@ void tap_transfer_test_add_data(const char *path, const void *data,
     test->data_func = fn;
     test->data = data;
     qtest_add_data_func_full(path, test, tap_transfer_test_run, g_free);
+}
+
+int open_test_tap(const char *ifname, short flags, bool cloexec)
+{
+    struct ifreq ifr = { .ifr_flags = flags };
+    int fd = open("/dev/net/tun", O_RDWR | (cloexec ? O_CLOEXEC : 0));
+
+    g_assert_cmpint(fd, >=, 0);
+    pstrcpy(ifr.ifr_name, IFNAMSIZ, ifname);
+    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
+    return fd;
 }
 
 /* Host side of a TAP device */

@@ -71,6 +71,12 @@ void tap_transfer_test_add(const char *path, void (*fn)(void));
 void tap_transfer_test_add_data(const char *path, const void *data,
                                 void (*fn)(const void *data));
 
+/*
+ * A TAP (or TUN) device @ifname of the test's own, TUNSETIFF with
+ * @flags; with @cloexec, QEMUs started later do not inherit the fd
+ */
+int open_test_tap(const char *ifname, short flags, bool cloexec);
+
 /* Host side of a TAP device */
 
 int host_tap_attach(const char *ifname);

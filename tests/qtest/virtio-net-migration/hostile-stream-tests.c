@@ -704,7 +704,6 @@ static void test_hostile_netdev_del(void)
 static void test_hostile_single_queue_tap(void)
 {
     TapTransferTestEnv *env = tap_transfer_get_env();
-    struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
     g_autofree char *path = g_strdup_printf("%s/single.sock", env->tmpdir);
     g_autofree char *uri = g_strdup_printf("unix:%s", path);
     g_autofree char *status = NULL;
@@ -716,10 +715,7 @@ static void test_hostile_single_queue_tap(void)
 
     hostile_ready();
     /* The destination must not inherit them: they come in the stream */
-    fds[0] = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
-    g_assert_cmpint(fds[0], >=, 0);
-    pstrcpy(ifr.ifr_name, IFNAMSIZ, "ttsq0");
-    g_assert_cmpint(ioctl(fds[0], TUNSETIFF, &ifr), ==, 0);
+    fds[0] = open_test_tap("ttsq0", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, true);
     for (int i = 1; i < HOSTILE_QUEUES; i++) {
         fds[i] = fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
         g_assert_cmpint(fds[i], >=, 0);

@@ -7,7 +7,6 @@
 
 #include "qemu/osdep.h"
 #include <net/if.h>
-#include <sys/ioctl.h>
 #include <sys/un.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
@@ -35,14 +34,8 @@ enum { MGMT_QUEUES = 4 };
 static void mgmt_open_tap(int *fds, bool cloexec)
 {
     for (int i = 0; i < MGMT_QUEUES; i++) {
-        struct ifreq ifr = {
-            .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE,
-        };
-
-        fds[i] = open("/dev/net/tun", O_RDWR | (cloexec ? O_CLOEXEC : 0));
-        g_assert_cmpint(fds[i], >=, 0);
-        pstrcpy(ifr.ifr_name, IFNAMSIZ, "tt0");
-        g_assert_cmpint(ioctl(fds[i], TUNSETIFF, &ifr), ==, 0);
+        fds[i] = open_test_tap("tt0", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR |
+                               IFF_MULTI_QUEUE, cloexec);
     }
 }
 
@@ -183,16 +176,10 @@ static void test_mgmt(const void *opaque)
  */
 static void test_mgmt_fdset(void)
 {
-    struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
     g_autoptr(GArray) src_tun = NULL;
     QTestState *to;
     Vm vm = { 0 };
-    int fd;
-
-    fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
-    g_assert_cmpint(fd, >=, 0);
-    pstrcpy(ifr.ifr_name, IFNAMSIZ, "tt0");
-    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
+    int fd = open_test_tap("tt0", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, true);
 
     vm.qts = qtest_init("-M pc -m 64 -nodefaults");
     qtest_qmp_fds_assert_success(vm.qts, &fd, 1,

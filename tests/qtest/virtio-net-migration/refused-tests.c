@@ -8,7 +8,6 @@
 
 #include "qemu/osdep.h"
 #include <net/if.h>
-#include <sys/ioctl.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
 #include "qapi/error.h"
@@ -308,17 +307,12 @@ static void test_refused_vhost(void)
 static void do_refused_tap(short flags, const char *ifname,
                            const char *reason)
 {
-    struct ifreq ifr = { .ifr_flags = flags };
     g_autofree char *netdev = NULL;
     DestOptions dest = { .keep_on_error = true };
     QTestState *from, *to;
-    int fd;
+    int fd = open_test_tap(ifname, flags, false);
 
     dest.binary_var = logged_qemu();
-    fd = open("/dev/net/tun", O_RDWR);
-    g_assert_cmpint(fd, >=, 0);
-    pstrcpy(ifr.ifr_name, IFNAMSIZ, ifname);
-    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
     netdev = g_strdup_printf("fd=%d", fd);
 
     from = start_qemu(netdev, 1, NULL);
@@ -338,17 +332,6 @@ static void test_refused_tun(void)
     do_refused_tap(IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, "ttun0",
                    "netdev n0: queue 0: received device ttun0 is a TUN, "
                    "not a TAP device\n");
-}
-
-static int open_tap(const char *ifname, short flags)
-{
-    struct ifreq ifr = { .ifr_flags = flags };
-    int fd = open("/dev/net/tun", O_RDWR);
-
-    g_assert_cmpint(fd, >=, 0);
-    pstrcpy(ifr.ifr_name, IFNAMSIZ, ifname);
-    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
-    return fd;
 }
 
 /*
@@ -391,7 +374,7 @@ static void assert_mgmt_fds_refused(int *fds, int n, const char *want)
  */
 static void test_refused_pi(void)
 {
-    int fd = open_tap("ttpi0", IFF_TAP | IFF_VNET_HDR);
+    int fd = open_test_tap("ttpi0", IFF_TAP | IFF_VNET_HDR, true);
 
     assert_mgmt_fds_refused(&fd, 1, "netdev n0: TAP device ttpi0 prefixes "
                             "its frames with packet information (no "
@@ -403,8 +386,8 @@ static void test_refused_pi(void)
 static void test_refused_two_devices(void)
 {
     int fds[] = {
-        open_tap("ttqa0", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR),
-        open_tap("ttqb0", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR),
+        open_test_tap("ttqa0", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, true),
+        open_test_tap("ttqb0", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, true),
     };
 
     assert_mgmt_fds_refused(fds, 2, "netdev n0: queue 1 is TAP device "
