@@ -260,9 +260,10 @@ def operator_bench(args):
             runs.append((seconds, reports, lost))
         rows.append((nvms, parallel, runs))
     to = args.upgrade_to or args.qemu
+    old_build = os.path.basename(os.path.dirname(args.qemu))
     lines = ['', f'the upgrade as the operator sees it: tools/'
              f'tap-transfer-upgrade, {args.runs} runs, min / median / max; '
-             f'daemonized VMs, shared RAM, {os.path.basename(os.path.dirname(args.qemu))}'
+             f'daemonized VMs, shared RAM, {old_build}'
              f' -> {os.path.basename(os.path.dirname(to))}', '',
              '| VMs | --parallel | whole command ms (start to return, '
              'sources gone) | downtime ms (per VM) | command ms (per VM) '

@@ -93,10 +93,12 @@ def main():
               f"{r['new_pid']}), machine {r['machine']}")
         print(f"  downtime            {r['downtime_ms']} ms; command "
               f"{r['command_ms']:.0f} ms")
+        renamed = (', renamed, link down %s ms' % tap['rename_link_down_ms']
+                   if tap.get('renamed') else '')
         print(f"  TAP                 new {tap['new_ifname']} (ifindex "
               f"{tap['new_ifindex']}) for {tap['old_ifname']} (ifindex "
               f"{tap['old_ifindex']}), {tap['queues']} queue(s)"
-              f"{', renamed, link down %s ms' % tap['rename_link_down_ms'] if tap.get('renamed') else ''}")
+              f"{renamed}")
         print(f"  the lossy hop       {len(lost)} ping(s) lost of "
               f"{onboard_ping['sent']}; {tap.get('old_tap_lost')} frame(s) "
               f"lost on the old TAP (its counters); longest reply gap "
@@ -126,8 +128,10 @@ def main():
               f"{v['minor']}.{v['micro']}, pid {final_pid}, answered there")
         ok = (not missing and check.returncode == 0 and not hop_lost and
               all(r['same_tap_kcmp'] and r['same_ifindex'] for r in reports))
+        verdict = ('OK: onboarded (one lossy hop), then zero loss, every '
+                   'record on disk' if ok else 'NOT OK')
         print(f"verdict               "
-              f"{'OK: onboarded (one lossy hop), then zero loss, every record on disk' if ok else 'NOT OK'}")
+              f"{verdict}")
     return 0 if ok else 1
 
 

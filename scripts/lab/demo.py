@@ -117,8 +117,10 @@ def main():
         # acked after the rollback went to the same file
         console_ok = 'tap-transfer guest ready' in console and \
             len(acked) > acked_after
+        console_kept = ('one file, from boot to the last record'
+                        if console_ok else 'NOT kept')
         print(f"console log           "
-              f"{'one file, from boot to the last record' if console_ok else 'NOT kept'}")
+              f"{console_kept}")
         v = final_version
         print(f"QMP socket, pidfile   same paths; QEMU {v['major']}."
               f"{v['minor']}.{v['micro']}, pid {final_pid}, answered there")
@@ -130,8 +132,10 @@ def main():
               and not new_links and not missing and check.returncode == 0
               and console_ok and all(r['same_tap_kcmp'] and
                                      r['same_ifindex'] for r in reports))
+        verdict = ('OK: same TAP, zero loss, every record on disk'
+                   if ok else 'NOT OK')
         print(f"verdict               "
-              f"{'OK: same TAP, zero loss, every record on disk' if ok else 'NOT OK'}")
+              f"{verdict}")
     return 0 if ok else 1
 
 

@@ -350,7 +350,7 @@ def report(args, build, done, failed):
     lines += ['', 'outage split from the trace events, ms, min / median / '
               'max over the handovers:']
     lines.append(f"{'':42}" + ''.join(f'{mode.key:>24}'
-                                       for mode, _ in done))
+                                      for mode, _ in done))
     for a, b, title in SPLIT:
         row = f'{title:42}'
         for mode, hops in done:

@@ -81,10 +81,11 @@ for q in qmps:
         os.kill(old, signal.SIGKILL)
         subprocess.Popen([to, os.path.join(d, 'fakevm.py'), q],
                          start_new_session=True)
-        while not os.path.exists(os.path.join(os.path.dirname(q), 'pid')) or \
-                int(open(os.path.join(os.path.dirname(q), 'pid')).read() or 0) == old:
+        pidfile = os.path.join(os.path.dirname(q), 'pid')
+        while not os.path.exists(pidfile) or \
+                int(open(pidfile).read() or 0) == old:
             time.sleep(0.01)
-        r.update(new_version='10.2.2', new_pid=int(open(os.path.join(os.path.dirname(q), 'pid')).read()))
+        r.update(new_version='10.2.2', new_pid=int(open(pidfile).read()))
     elif status != 'dry-run':
         r['error'] = f'{status} by the fake command'
     reports.append(r)

@@ -320,8 +320,9 @@ class Refusals(unittest.TestCase):
 
     def test_unmoved_server_socket(self):
         """a UNIX server chardev from -readconfig or chardev-add"""
-        self.refused('-m 1', 'chardev c9 listens on /run/vm1/x.sock', chardevs={
-            'c9': 'unix:/run/vm1/x.sock,server=on'})
+        chardevs = {'c9': 'unix:/run/vm1/x.sock,server=on'}
+        self.refused('-m 1', 'chardev c9 listens on /run/vm1/x.sock',
+                     chardevs=chardevs)
 
     def test_long_socket_name(self):
         self.refused(['-qmp', f'unix:/run/{"x" * 90}.sock,server=on'],

@@ -172,8 +172,8 @@ def read_tap(pid, ifname):
                            f'namespace of process {pid}')
     info = ln.get('linkinfo', {})
     if info.get('info_kind') != 'tun':
-        raise OnboardError(f"{ifname} is a {info.get('info_kind') or 'non-TUN'}"
-                           ' interface, not a TAP')
+        kind = info.get('info_kind') or 'non-TUN'
+        raise OnboardError(f'{ifname} is a {kind} interface, not a TAP')
     data = info.get('info_data', {})
     if data.get('type') != 'tap':
         raise OnboardError(f'{ifname} is a TUN (layer 3) device, not a TAP')
