@@ -19,6 +19,7 @@ import taptest
 from tap_transfer import handover
 from tap_transfer.handover import PHASES, Settings, Signals, Upgrade
 from tap_transfer.identity import Identity, SpawnError
+from tap_transfer import journal as journal_mod
 from tap_transfer.livestate import LiveState
 from tap_transfer.plan import Options, Target
 from tap_transfer.procfs import ProcessId
@@ -173,6 +174,15 @@ class FakeMonitor:
             raise MonitorGone('closed')
         return self.qemu.handle(name, args)
 
+    def cmds(self, *commands):
+        out = []
+        for name, args in commands:
+            try:
+                out.append(self.cmd(name, **args))
+            except CommandError as e:
+                out.append(e)
+        return out
+
     def version(self):
         """As the greeting says it"""
         return self.qemu.cmd_query_version()['qemu']
@@ -186,6 +196,12 @@ class FakeMonitor:
     def send_fd(self, fd, name):
         del fd
         self.cmd('getfd', fdname=name)
+
+    def send_only(self, name):
+        try:
+            self.cmd(name)
+        except (CommandError, MonitorGone):
+            pass
 
     def event(self, timeout):
         del timeout
@@ -300,6 +316,14 @@ class FakeSystem:
         if not q:
             raise FileNotFoundError(2, 'No such file or directory')
         return q.pid
+
+    def greeting_at(self, path, timeout):
+        del timeout
+        q = self.w.answering(path)
+        if not q:
+            raise MonitorGone(f'{path}: no answer')
+        return q.pid, {'QMP': {'version': q.cmd_query_version(),
+                               'capabilities': []}}
 
     def read_source(self, mon):
         ident = Identity.read(os.getpid())
@@ -697,6 +721,32 @@ class Failures(Base):
         r = self.upgrade(w)
         self.assertEqual(r['status'], 'upgraded', r.get('error'))
         self.assertEqual(phases_at_cont, ['commit'])
+
+    def test_journal_fsyncs_names(self):
+        """The record that names the temporary names is fsync'ed before
+        the destination makes them (a crash of the host leaves only
+        files to put right), and so is the journal's removal; the
+        records between, which name processes, are not waited for"""
+        w = World()
+        synced = []
+        fsync = journal_mod.os.fsync
+
+        def counted(fd):
+            synced.append(fd)
+            fsync(fd)
+
+        def hook(up, name):
+            if name == 'destination':
+                synced.append(('moves in the first record',
+                               bool(up.journal['moves'])))
+        journal_mod.os.fsync = counted
+        self.addCleanup(setattr, journal_mod.os, 'fsync', fsync)
+        r = self.upgrade(w, hook)
+        self.assertEqual(r['status'], 'upgraded', r.get('error'))
+        # the record's file and its directory before 'destination', the
+        # directory after the removal
+        self.assertEqual(len(synced), 4, synced)
+        self.assertEqual(synced[2], ('moves in the first record', True))
 
     def test_destination_dies_after_cont(self):
         """After the point of no return the source is never resumed"""

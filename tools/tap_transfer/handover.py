@@ -34,7 +34,7 @@ from .identity import IdentityError, SpawnError
 from .livestate import LiveState
 from .migsettings import MigrationSettings
 from .plan import TEMP_SUFFIX, Plan, vstr
-from .qmp import CommandError, MonitorGone
+from .qmp import CommandError, MonitorGone, value
 
 PROG = 'tap-transfer-upgrade'
 PHASES = ('planned', 'onboard-taps', 'destination', 'compare',
@@ -128,12 +128,12 @@ class Upgrade:
         self.src_proc = self.dst_proc = None
         self.dest = None
         self.files = None
+        self.before = None
         self.phase_name = None
         self.committed = False
         self.migrating = False
         self.params_set = False
         self.saved = None
-        self.before = None
         self.channel = None
         self.completed_at = None
         self.signals_ignored = []
@@ -211,9 +211,7 @@ class Upgrade:
         self.phase_name = name
         self.times[name] = time.monotonic()
         if self.journal and name != 'verify':
-            # the stopped guest waits for commit's record: 'running', the
-            # next, fsyncs it too, just after the cont
-            self.journal.write(phase=name, durable=name != 'commit')
+            self.journal.write(phase=name)
         if name == 'commit':
             self.committed = True
         if os.environ.get(STOP_ENV) == name:
@@ -357,12 +355,14 @@ class Upgrade:
         out = {'fds': self.system.tun_fds(self.src_proc), 'ifname': {},
                'ifindex': {}, 'queues': {}}
         self.netns = self.system.netns_socket(self.src_proc)
-        for nd in p.netdevs:
-            path = f'/netdevs/{nd}'
-            ifname = self.src.cmd('qom-get', path=path, property='ifname')
-            out['ifname'][nd] = ifname
-            out['queues'][nd] = self.src.cmd('qom-get', path=path,
-                                             property='queues')
+        props = [(nd, prop) for nd in p.netdevs for prop in ('ifname',
+                                                             'queues')]
+        replies = self.src.cmds(*(('qom-get', {'path': f'/netdevs/{nd}',
+                                               'property': prop})
+                                  for nd, prop in props))
+        for (nd, prop), reply in zip(props, replies):
+            out[prop][nd] = value(reply)
+        for nd, ifname in out['ifname'].items():
             out['ifindex'][nd] = self.system.ifindex(self.netns, ifname)
         return out
 
@@ -377,7 +377,8 @@ class Upgrade:
             qmp_real = next(r for k, r, _ in p.moves if k == 'qmp')
             self.cpr_path = p.temp_for('cpr', qmp_real + '.cpr')
             self.mig_path = p.temp_for('cpr', qmp_real + '.mig')
-            self.journal.write(moves=[list(m) for m in p.moves])
+            self.journal.write(moves=[list(m) for m in p.moves],
+                               durable=True)
             incoming = ['-global', 'migration.backend-transfer=on',
                         '-incoming', 'cpr,addr.transport=socket,'
                         f'addr.type=unix,addr.path={self.cpr_path}',
@@ -575,9 +576,11 @@ class Upgrade:
         self.mark('verify')
         if p.onboarding:
             return self.verify_onboard()
-        for nd in p.netdevs:
-            state = self.dst.cmd('qom-get', path=f'/netdevs/{nd}',
-                                 property='state')
+        states = self.dst.cmds(*(('qom-get', {'path': f'/netdevs/{nd}',
+                                              'property': 'state'})
+                                 for nd in p.netdevs))
+        for nd, state in zip(p.netdevs, states):
+            state = value(state)
             if state != 'idle':
                 raise Failed(f'netdev {nd}: the destination is {state}: the '
                              'TAP was not handed over')
@@ -606,26 +609,49 @@ class Upgrade:
                             'same_ifindex': True, 'ifindex': after})
         return None
 
-    def after_cont(self):
-        """What the report tells of both QEMUs, read once the guest runs"""
+    def report_source(self):
+        """What the report tells of the source (its migration, its
+        netdevs' state), read after the cont and before it quits"""
         p = self.plan
-        info = self.src.cmd('query-migrate')
+        replies = self.src.cmds(('query-migrate', {}), *(
+            ('qom-get', {'path': f'/netdevs/{nd}', 'property': 'state'})
+            for nd in p.netdevs))
+        info = value(replies[0])
         self.report['downtime_ms'] = info.get('downtime')
         self.report['total_ms'] = info.get('total-time')
-        nds = {}
-        for nd in p.netdevs:
-            path = f'/netdevs/{nd}'
-            nds[nd] = {k: self.dst.cmd('qom-get', path=path, property=k)
-                       for k in ('state', 'frames-held')}
-            nds[nd].update(ifname=self.before['ifname'][nd],
-                           queues=self.before['queues'][nd],
-                           source_state=self.src.cmd(
-                               'qom-get', path=path, property='state'))
-        if nds:
-            self.report['netdevs'] = nds
+        if p.netdevs:
+            self.report['netdevs'] = {
+                nd: {'ifname': self.before['ifname'][nd],
+                     'queues': self.before['queues'][nd],
+                     'source_state': value(r)}
+                for nd, r in zip(p.netdevs, replies[1:])}
+
+    def finish_destination(self):
+        """While the source quits: what the report tells of the
+        destination's netdevs, and its migration settings put back as
+        the source's were, for whatever migrates it next (one round
+        trip)"""
+        p = self.plan
+        props = [(nd, k) for nd in p.netdevs for k in ('state',
+                                                       'frames-held')]
+        settings = self.saved.copy_commands()
+        replies = self.dst.cmds(*(('qom-get', {'path': f'/netdevs/{nd}',
+                                               'property': k})
+                                  for nd, k in props), *settings)
+        err = next((r for r in replies[len(props):]
+                    if isinstance(r, CommandError)), None)
+        if err:
+            self.log(f'the destination\'s migration settings: {err}')
+        nds = self.report.setdefault('netdevs', {})
+        for (nd, k), r in zip(props, replies):
+            nds.setdefault(nd, {})[k] = value(r)
+        times = (f'downtime {self.report.get("downtime_ms")} ms, migration '
+                 f'{self.report.get("total_ms")} ms')
+        if p.onboarding:
+            self.log(times)
+            return
         same = self.report.get('same_tap_kcmp')
-        self.log(f'downtime {info.get("downtime")} ms, migration '
-                 f'{info.get("total-time")} ms; {len(nds)} netdev(s), '
+        self.log(f'{times}; {len(nds)} netdev(s), '
                  f'{self.report.get("queues")} queue(s) handed over, '
                  + ('the same open files (kcmp)' if same else
                     f'kcmp(2) not on {os.uname().machine}: open files not '
@@ -690,19 +716,21 @@ class Upgrade:
         self.log('destination running: the point of no return is behind '
                  f'({self.report.get("stopped_after_migration_ms")} ms '
                  'stopped after the migration)')
-        try:
-            self.after_cont()
-        except (CommandError, MonitorGone) as e:
-            self.log(f'reading the report: {e}')
 
     # forward: after the point of no return
 
     def forward(self):
         p = self.plan
         self.check_alive()
-        self.restore_destination()
+        self.reading_report(self.report_source)
         self.phase('quit-source')
+        # the source takes some ms to exit: the destination is read
+        # and set meanwhile
         self.quit_source()
+        self.reading_report(self.finish_destination)
+        self.wait_source_gone()
+        self.src.close()
+        self.src = None
         self.phase('paths')
         self.put_back()
         self.final_check()
@@ -722,26 +750,27 @@ class Upgrade:
                        f'source (pid {self.src_proc.pid}) is stopped and must '
                        'not run it')
 
-    def restore_destination(self):
-        """The destination's migration settings as the source's were,
-        for whatever migrates it next"""
-        err = self.saved.copy_to(self.dst)
-        if err:
-            self.log(f'the destination\'s migration settings: {err}')
+    def reading_report(self, step):
+        try:
+            step()
+        except (CommandError, MonitorGone) as e:
+            self.log(f'reading the report: {e}')
 
     def quit_source(self):
-        p = self.plan
-        if p.onboarding:
-            p.onboarding.before_quit()
-        self.src.try_cmd('quit')
-        self.src.close()
-        self.src = None
+        if self.plan.onboarding:
+            self.plan.onboarding.before_quit()
+        # its exit is the answer (wait_source_gone); the monitor stays
+        # open until then: QEMU drops the requests of a client that
+        # hangs up
+        self.src.send_only('quit')
+
+    def wait_source_gone(self):
         if not self.system.wait_gone(self.src_proc, 10):
             self.log('the source did not quit in 10 s: killing it')
             self.system.kill(self.src_proc)
             self.system.wait_gone(self.src_proc, 10)
         self.log(f'source QEMU {self.src_proc.pid} quit')
-        if p.onboarding:
+        if self.plan.onboarding:
             self.finish_onboard()
 
     def finish_onboard(self):
@@ -784,22 +813,26 @@ class Upgrade:
                              f'{self.report["answers_at"]}')
 
     def final_check(self):
+        """The VM's QMP path answers, from the new QEMU (its greeting is
+        proof enough: the destination's monitor answered all along)"""
         self.dst.close()
         self.dst = None
         try:
-            mon = self.system.connect(self.qmp_path, self.settings.qmp_timeout)
+            pid, greeting = self.system.greeting_at(
+                self.qmp_path, self.settings.qmp_timeout)
         except MonitorGone as e:
             raise Unfinished(f'{self.qmp_path} does not answer: {e}') from e
+        if pid != self.dest.pid:
+            raise Unfinished(f'{self.qmp_path} answers from pid {pid}, not '
+                             f'the new QEMU ({self.dest.pid})')
         try:
-            if mon.pid != self.dest.pid:
-                raise Unfinished(f'{self.qmp_path} answers from pid {mon.pid},'
-                                 f' not the new QEMU ({self.dest.pid})')
-            v = mon.cmd('query-version')['qemu']
+            v = greeting['QMP']['version']['qemu']
             self.report['new_version'] = \
                 f"{v['major']}.{v['minor']}.{v['micro']}"
-            self.report['answers_at'] = self.qmp_path
-        finally:
-            mon.close()
+        except (KeyError, TypeError) as e:
+            raise Unfinished(f'{self.qmp_path}: no QMP greeting: '
+                             f'{greeting}') from e
+        self.report['answers_at'] = self.qmp_path
 
     # rollback: before the point of no return
 

@@ -3,15 +3,17 @@ per VM.
 
 The journal of a run is a root-only JSON file per VM in the state
 directory (/run/tap-transfer, or $TAP_TRANSFER_STATE_DIR), written
-and fsync'ed before each step that changes something: the phase, the
-two QEMUs (pid and start time), the temporary names, the migration
-parameters to put back, the onboarding's new TAPs.  One record is
-fsync'ed with the next, just after its step: the point of no return,
-which the stopped guest waits for.  It is in place (renamed over the
-last) before the `cont`, so a run killed there leaves it; only a crash
-of the host could lose it, and that takes both QEMUs with it.  A run
-that ends, whichever way, removes it; one that is killed leaves it for
-`--recover`.
+before each step that changes something: the phase, the two QEMUs (pid
+and start time), the temporary names, the migration parameters to put
+back, the onboarding's new TAPs.  Each record is renamed over the last,
+so a run killed at any point leaves one whole record.  Only the records
+that name the temporary names are also fsync'ed: a crash of the host
+takes both QEMUs, their migration and the TAPs with it, and what is
+left to put right after it is files that the run renamed.  (An fsync
+waits on the disk: 0.6 ms on an idle one, 12 ms while other jobs write,
+measured here; on a host whose /run is a tmpfs it costs nothing.)  A
+run that ends, whichever way, removes it; one that is killed leaves it
+for `--recover`.
 
 The lock is an flock on a file named by the source QEMU's pid and
 start time: two runs reaching one VM through two of its monitors take
@@ -59,7 +61,7 @@ class Journal:
         path = os.path.join(directory, f'{source_key}.json')
         j = cls(path, dict(data, version=1, tool_pid=os.getpid(),
                            created=time.time()))
-        j.write()
+        j.write(durable=True)
         return j
 
     @classmethod
@@ -70,10 +72,10 @@ class Journal:
     def __getitem__(self, key):
         return self.data.get(key)
 
-    def write(self, durable=True, **changes):
+    def write(self, durable=False, **changes):
         """Record @changes.  When this returns, the record is what a
         reader finds, also after this process dies; with @durable it is
-        on disk too (fsync'ed)."""
+        on disk too (fsync'ed), also after the host crashes."""
         self.data.update(changes)
         tmp = self.path + '.tmp'
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |

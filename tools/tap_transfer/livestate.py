@@ -7,7 +7,7 @@ mirror, a changed medium, a throttle limit, a chardev or device added
 at run time would otherwise be silently lost.  Every difference is one
 line naming the device and what differs."""
 
-from .qmp import CommandError
+from .qmp import CommandError, value
 
 # query-block's throttling fields (BlockDeviceInfo)
 THROTTLE = ('bps', 'bps_rd', 'bps_wr', 'iops', 'iops_rd', 'iops_wr',
@@ -15,28 +15,43 @@ THROTTLE = ('bps', 'bps_rd', 'bps_wr', 'iops', 'iops_rd', 'iops_wr',
             'iops_rd_max', 'iops_wr_max', 'iops_size', 'group')
 
 
-def _children(mon, path):
-    """{name: type} of QOM @path's children"""
-    try:
-        return {p['name']: p['type'][6:-1] for p in
-                mon.cmd('qom-list', path=path)
-                if p['type'].startswith('child<')}
-    except CommandError:
+def _children(reply):
+    """{name: type} of the children in a qom-list @reply ({} if it
+    failed)"""
+    if isinstance(reply, CommandError):
         return {}
+    return {p['name']: p['type'][6:-1] for p in reply
+            if p['type'].startswith('child<')}
 
 
-def _memdev(mon):
-    """{id: {size, share}} of the memory backends under /objects, as
-    query-memdev reads them (the same QOM properties); {} if it fails"""
-    try:
-        out = mon.cmd('query-memdev')
-    except CommandError:
-        return {}
-    if not isinstance(out, list):
+def _memdev(reply):
+    """{id: {size, share}} of the memory backends in a query-memdev
+    @reply (the same QOM properties); {} if it failed"""
+    if not isinstance(reply, list):
         return {}
     return {m['id']: {'size': m['size'], 'share': m['share']}
-            for m in out if isinstance(m, dict) and
+            for m in reply if isinstance(m, dict) and
             {'id', 'size', 'share'} <= m.keys()}
+
+
+def _memory(mon, objects, memdev):
+    """{id: {type, size, share[, mem-path]}} of the memory backends
+    among @objects ({name: type}): what @memdev (from query-memdev)
+    lacks read over QOM, at once"""
+    backends = {name: qtype for name, qtype in objects.items()
+                if qtype.startswith('memory-backend-')}
+    memory = {name: {'type': qtype, **memdev.get(name, {})}
+              for name, qtype in backends.items()}
+    wanted = [(name, prop) for name, m in memory.items()
+              for prop in ('size', 'share') if prop not in m]
+    wanted += [(name, 'mem-path') for name, qtype in backends.items()
+               if qtype == 'memory-backend-file']
+    replies = mon.cmds(*(('qom-get', {'path': f'/objects/{name}',
+                                      'property': prop})
+                         for name, prop in wanted)) if wanted else []
+    for (name, prop), reply in zip(wanted, replies):
+        memory[name][prop] = value(reply)
+    return memory
 
 
 def _chain(image):
@@ -69,6 +84,18 @@ def _chardev_name(filename):
 class LiveState:
     """What a QEMU runs now, as QMP and QOM tell it."""
 
+    # what it is read from, sent at once (Monitor.cmds)
+    QUERIES = (('query-block', {}),
+               ('query-named-block-nodes', {'flat': True}),
+               ('query-chardev', {}),
+               ('query-memdev', {}),
+               ('qom-list', {'path': '/objects'}),
+               ('qom-list', {'path': '/machine/peripheral'}),
+               ('qom-list', {'path': '/machine/peripheral-anon'}),
+               ('qom-list', {'path': '/netdevs'}),
+               ('qom-get', {'path': '/machine',
+                            'property': 'memory-backend'}))
+
     def __init__(self, devices, anon, netdevs, chardevs, block, nodes,
                  memory, ram):
         self.devices = devices      # {id: type}, /machine/peripheral
@@ -82,41 +109,32 @@ class LiveState:
 
     @classmethod
     def read(cls, mon):
+        return cls.of(mon, mon.cmds(*cls.QUERIES))
+
+    @classmethod
+    def of(cls, mon, replies):
+        """From the @replies to QUERIES (and, for what query-memdev does
+        not tell, more of @mon)"""
+        (blk, nodes_r, chardevs, memdev, objects, peripheral, anon,
+         netdevs, ram) = replies
         block = {}
-        for info in mon.cmd('query-block'):
+        for info in value(blk):
             key = info.get('device') or info.get('qdev')
             block[key] = _block_backend(info)
         nodes = {}
-        for n in mon.cmd('query-named-block-nodes', flat=True):
+        for n in value(nodes_r):
             if not n['node-name'].startswith('#'):
                 nodes[n['node-name']] = (n.get('drv'), n.get('file'),
                                          n.get('ro'))
-        memory = {}
-        backends = {name: qtype for name, qtype in
-                    _children(mon, '/objects').items()
-                    if qtype.startswith('memory-backend-')}
-        # every backend's size and share in one round trip
-        memdev = _memdev(mon) if backends else {}
-        for name, qtype in backends.items():
-            path = f'/objects/{name}'
-            m = {'type': qtype}
-            for prop in ('size', 'share'):
-                m[prop] = memdev[name][prop] if name in memdev else \
-                    mon.cmd('qom-get', path=path, property=prop)
-            if qtype == 'memory-backend-file':
-                m['mem-path'] = mon.cmd('qom-get', path=path,
-                                        property='mem-path')
-            memory[name] = m
-        ram = mon.try_cmd('qom-get', path='/machine',
-                          property='memory-backend')
+        ram = None if isinstance(ram, CommandError) else ram
         return cls(
-            devices=_children(mon, '/machine/peripheral'),
-            anon=sorted(_children(mon, '/machine/peripheral-anon')
-                        .values()),
-            netdevs=_children(mon, '/netdevs'),
+            devices=_children(peripheral),
+            anon=sorted(_children(anon).values()),
+            netdevs=_children(netdevs),
             chardevs={c['label']: _chardev_name(c['filename'])
-                      for c in mon.cmd('query-chardev')},
-            block=block, nodes=nodes, memory=memory,
+                      for c in value(chardevs)},
+            block=block, nodes=nodes,
+            memory=_memory(mon, _children(objects), _memdev(memdev)),
             ram=ram.rsplit('/', 1)[-1] if ram else None)
 
     def ram_backend(self):

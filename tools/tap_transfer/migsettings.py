@@ -2,7 +2,7 @@
 object: what the source had (saved in the journal), what the handover
 sets on each side, and how both are put back."""
 
-from .qmp import CommandError, MonitorGone
+from .qmp import value
 
 # what a run may change, and so must put back
 CAPS = ('x-ignore-shared', 'events', 'pause-before-switchover')
@@ -39,7 +39,6 @@ class MigrationSettings:
             caps += [{'capability': 'pause-before-switchover',
                       'state': True},
                      {'capability': 'events', 'state': True}]
-        mon.cmd('migrate-set-capabilities', capabilities=caps)
         params = {}
         if not onboarding:
             params['backend-transfer'] = True
@@ -47,40 +46,45 @@ class MigrationSettings:
             params['mode'] = 'cpr-transfer'
         if max_bandwidth:
             params['max-bandwidth'] = int(max_bandwidth * 2**20)
-        if params:
-            mon.cmd('migrate-set-parameters', **params)
+        _set(mon, caps, params)
 
     @staticmethod
     def apply_destination(mon, mode, onboarding):
         """The handover's settings on the destination: events, so that
         the run learns of the completion at once"""
-        mon.cmd('migrate-set-capabilities', capabilities=[
-            {'capability': 'x-ignore-shared', 'state': mode == 'shared'},
-            {'capability': 'events', 'state': True}])
-        mon.cmd('migrate-set-parameters',
-                **{'backend-transfer': not onboarding})
+        _set(mon, [{'capability': 'x-ignore-shared',
+                    'state': mode == 'shared'},
+                   {'capability': 'events', 'state': True}],
+             {'backend-transfer': not onboarding})
 
     def restore(self, mon):
         """Put them back on @mon (the source after a rollback)"""
-        caps = [{'capability': k, 'state': v} for k, v in self.caps.items()]
-        if caps:
-            mon.cmd('migrate-set-capabilities', capabilities=caps)
-        if self.params:
-            mon.cmd('migrate-set-parameters', **self.params)
+        _set(mon, [{'capability': k, 'state': v}
+                   for k, v in self.caps.items()], self.params)
 
-    def copy_to(self, mon):
-        """Give the destination the source's settings, for whatever
-        migrates it next (the mode is the source's own business, and a
-        stock QEMU's settings may not all exist here); errors: one line
-        or None"""
+    def copy_commands(self):
+        """The commands that give the destination the source's settings,
+        for whatever migrates it next (the mode is the source's own
+        business, and a stock QEMU's settings may not all exist here)"""
         caps = [{'capability': k, 'state': v} for k, v in self.caps.items()
                 if k != 'pause-before-switchover']
         params = {k: v for k, v in self.params.items() if k != 'mode'}
-        try:
-            if caps:
-                mon.cmd('migrate-set-capabilities', capabilities=caps)
-            if params:
-                mon.cmd('migrate-set-parameters', **params)
-        except (CommandError, MonitorGone) as e:
-            return str(e)
-        return None
+        return _commands(caps, params)
+
+
+def _commands(caps, params):
+    """migrate-set-capabilities @caps and migrate-set-parameters @params,
+    each if any"""
+    cmds = []
+    if caps:
+        cmds.append(('migrate-set-capabilities', {'capabilities': caps}))
+    if params:
+        cmds.append(('migrate-set-parameters', dict(params)))
+    return cmds
+
+
+def _set(mon, caps, params):
+    """_commands(@caps, @params), sent together; CommandError for the
+    first refused"""
+    for reply in mon.cmds(*_commands(caps, params)):
+        value(reply)

@@ -7,6 +7,7 @@ into two exceptions: CommandError (QEMU answered with an error) and
 MonitorGone (no answer: the peer is gone, hung up or too slow)."""
 
 import asyncio
+import json
 import select
 import socket
 
@@ -27,6 +28,32 @@ class CommandError(Exception):
         super().__init__(f'{command}: {desc}')
         self.command = command
         self.desc = desc
+
+
+def value(reply):
+    """One of Monitor.cmds()' replies: what the command returned, or its
+    CommandError raised"""
+    if isinstance(reply, CommandError):
+        raise reply
+    return reply
+
+
+class _Protocol(QEMUMonitorProtocol):
+    """QEMUMonitorProtocol that can also have several commands in
+    flight at once"""
+
+    def cmds(self, commands):
+        """Send each (name, args) of @commands without waiting for the
+        answer to the one before: QEMU answers them in order, and the
+        caller waits once for them all.  What each returned, or the
+        ExecuteError it failed with."""
+        async def one(name, args):
+            try:
+                return await self._qmp.execute(name, args)
+            except ExecuteError as e:
+                return e
+        return self._sync(asyncio.gather(*(one(n, a) for n, a in commands)),
+                          self._timeout)
 
 
 class Monitor:
@@ -52,7 +79,7 @@ class Monitor:
             if not select.select([sock], [], [], timeout)[0]:
                 raise MonitorGone(f'{path}: no QMP greeting in {timeout} s '
                                   '(another client holds the monitor?)')
-            qmp = QEMUMonitorProtocol(sock)
+            qmp = _Protocol(sock)
             qmp.settimeout(timeout)
             greeting = qmp.connect()
         except (OSError, QMPError, asyncio.TimeoutError, EOFError) as e:
@@ -74,6 +101,29 @@ class Monitor:
         finally:
             sock.close()
 
+    @classmethod
+    def greeting_at(cls, path, timeout):
+        """(pid, greeting) of the QMP server at @path: proof that it
+        answers, without a session (no qmp_capabilities), and so
+        without one round trip more"""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            pid = peer_pid(sock)
+            data = b''
+            while not data.endswith(b'\n'):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise MonitorGone(f'{path}: hung up before its '
+                                      'greeting')
+                data += chunk
+            return pid, json.loads(data)
+        except (OSError, ValueError) as e:
+            raise MonitorGone(f'{path}: {e}') from e
+        finally:
+            sock.close()
+
     def cmd(self, name, **args):
         try:
             return self.qmp.cmd(name, **args)
@@ -82,6 +132,31 @@ class Monitor:
         except (QMPError, OSError, asyncio.TimeoutError, EOFError) as e:
             raise MonitorGone(f'{self.path}: {name}: '
                               f'{e or type(e).__name__}') from e
+
+    def cmds(self, *commands):
+        """Each (name, {args}) of @commands, all sent at once (a round
+        trip for them all, not one each): a list of what each returned,
+        or the CommandError it failed with; MonitorGone if the monitor
+        did not answer them all"""
+        if not commands:
+            return []
+        try:
+            out = self.qmp.cmds(commands)
+        except (QMPError, OSError, asyncio.TimeoutError, EOFError) as e:
+            names = ', '.join(n for n, _ in commands)
+            raise MonitorGone(f'{self.path}: {names}: '
+                              f'{e or type(e).__name__}') from e
+        return [CommandError(n, str(r)) if isinstance(r, ExecuteError)
+                else r for (n, _), r in zip(commands, out)]
+
+    def send_only(self, name):
+        """Send command @name (no arguments), not waiting for its answer;
+        nothing if the monitor is gone"""
+        try:
+            self.sock.sendall(json.dumps({'execute': name}).encode() +
+                              b'\n')
+        except OSError:
+            pass
 
     def version(self):
         """query-version's 'qemu', which the greeting carries"""

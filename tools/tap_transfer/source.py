@@ -10,6 +10,7 @@ from .cmdline import parse_argv
 from .identity import Identity
 from .livestate import LiveState
 from .procfs import ProcessId, read_cmdline, tun_fds
+from .qmp import CommandError, value
 
 
 class Source:
@@ -31,27 +32,36 @@ class Source:
         self.fdsets = fdsets          # {set id: [fd, ...]}
         self.exe_stat = exe_stat
 
+    # what it is read from, with LiveState.QUERIES, at once
+    QUERIES = (('qom-get', {'path': '/machine', 'property': 'type'}),
+               ('query-status', {}),
+               ('query-migrate', {}),
+               ('query-migrate-parameters', {}),
+               ('query-migrate-capabilities', {}),
+               ('query-fdsets', {}))
+
     @classmethod
     def read(cls, mon):
         pid = mon.pid
         v = mon.version()
-        mtype = mon.cmd('qom-get', path='/machine', property='type')
-        fdsets = {}
-        for fs in mon.try_cmd('query-fdsets') or []:
-            fdsets[fs['fdset-id']] = [f['fd'] for f in fs.get('fds', [])]
+        replies = mon.cmds(*cls.QUERIES, *LiveState.QUERIES)
+        mtype, status, migration, params, caps, fdsets = \
+            replies[:len(cls.QUERIES)]
+        if isinstance(fdsets, CommandError):
+            fdsets = []
         return cls(
             pid=ProcessId.of(pid),
             argv=read_cmdline(pid),
             identity=Identity.read(pid),
             version=(v['major'], v['minor'], v['micro']),
-            status=mon.cmd('query-status')['status'],
-            migration=mon.cmd('query-migrate').get('status'),
-            machine=re.sub(r'-machine$', '', mtype),
-            params=mon.cmd('query-migrate-parameters'),
-            caps={c['capability']: c['state'] for c in
-                  mon.cmd('query-migrate-capabilities')},
-            live=LiveState.read(mon),
-            fdsets=fdsets,
+            status=value(status)['status'],
+            migration=value(migration).get('status'),
+            machine=re.sub(r'-machine$', '', value(mtype)),
+            params=value(params),
+            caps={c['capability']: c['state'] for c in value(caps)},
+            live=LiveState.of(mon, replies[len(cls.QUERIES):]),
+            fdsets={fs['fdset-id']: [f['fd'] for f in fs.get('fds', [])]
+                    for fs in fdsets},
             exe_stat=os.stat(f'/proc/{pid}/exe'))
 
     @property

@@ -111,6 +111,9 @@ class LocalSystem:
     def peer(self, path, timeout):
         return Monitor.peer(path, timeout)
 
+    def greeting_at(self, path, timeout):
+        return Monitor.greeting_at(path, timeout)
+
     def read_source(self, mon):
         return Source.read(mon)
 
