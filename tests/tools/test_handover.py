@@ -7,11 +7,14 @@ SIGHUP, or is killed (then `--recover` runs); afterwards exactly one
 QEMU runs the guest, at the real QMP path, and at no moment did two run
 it, or the source run it after the destination had.  Prints TAP."""
 
+import fcntl
 import glob
 import json
 import os
 import shutil
 import tempfile
+import threading
+import time
 import unittest
 
 import taptest
@@ -20,6 +23,7 @@ from tap_transfer import handover
 from tap_transfer.handover import PHASES, Settings, Signals, Upgrade
 from tap_transfer.identity import Identity, SpawnError
 from tap_transfer import journal as journal_mod
+from tap_transfer.journal import StopToken
 from tap_transfer.livestate import LiveState
 from tap_transfer.plan import Options, Target
 from tap_transfer.procfs import ProcessId
@@ -478,6 +482,28 @@ class Base(unittest.TestCase):
             up.close()
             return None
 
+    def token_held(self):
+        """Whether some open file holds the host's stop token"""
+        try:
+            fd = os.open(os.path.join(self.state, StopToken.NAME),
+                         os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def hold_token(self):
+        """The stop token, as another run would hold it"""
+        fd = os.open(os.path.join(self.state, StopToken.NAME),
+                     os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
     def recover(self, world):
         return Recovery(QMP, Settings(quiet=True), FakeSystem(world)).run()
 
@@ -490,8 +516,10 @@ class Base(unittest.TestCase):
         self.assertIs(world.answering(QMP), q)
         self.assertIs(world.paths.get(PIDFILE), q)
         self.assertEqual([p for p in world.paths if '.tt-upgrade-' in p], [])
-        self.assertEqual(os.listdir(self.state), [],
+        self.assertEqual([f for f in os.listdir(self.state)
+                          if f != StopToken.NAME], [],
                          'a journal or lock was left')
+        self.assertFalse(self.token_held(), 'the stop token was kept')
         if role == 'source':
             self.assertFalse(q.params['backend-transfer'],
                              'the source\'s parameters were not put back')
@@ -513,10 +541,65 @@ class StateMachine(Base):
         self.assertTrue(r['same_tap_kcmp'])
         self.assertIn('stopped_after_migration_ms', r)
 
+    def test_stop_token(self):
+        """A run migrates only once it holds the host's stop token, holds
+        it until the cont, and lets it go then"""
+        w = World()
+        held = self.hold_token()
+        seen = {}
+
+        def hook(up, name):
+            del up
+            if name == 'parameters':
+                seen['released'] = time.monotonic() + 0.05
+                threading.Timer(0.05, os.close, (held,)).start()
+            elif name in ('migrate', 'verify', 'running'):
+                seen[name] = (time.monotonic(), self.token_held(),
+                              os.getpriority(os.PRIO_PROCESS, 0))
+
+        r = self.upgrade(w, hook)
+        self.assertEqual(r['status'], 'upgraded', r.get('error'))
+        self.assertGreaterEqual(seen['migrate'][0], seen['released'])
+        self.assertGreaterEqual(r['stop_token_wait_ms'], 40)
+        self.assertTrue(seen['migrate'][1] and seen['verify'][1])
+        self.assertFalse(seen['running'][1])
+        # as root, the command runs at a higher priority meanwhile
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+        if os.geteuid() == 0:
+            self.assertEqual(seen['verify'][2],
+                             min(nice, handover.STOP_WINDOW_NICE))
+        self.assertEqual(seen['running'][2], nice)
+        self.assert_on(w, 'destination')
+
+    def test_signal_waiting_for_token(self):
+        """A signal while the run waits for the stop token rolls it back:
+        the guest never stopped"""
+        w = World()
+        held = self.hold_token()
+
+        def hook(up, name):
+            if name == 'parameters':
+                up.signals.caught.append('SIGINT')
+
+        r = self.upgrade(w, hook)
+        self.assertEqual(r['status'], 'interrupted', r.get('error'))
+        self.assertEqual(w.source.mig, 'none', 'the source migrated')
+        os.close(held)
+        self.assert_on(w, 'source')
+
     def test_paused_vm(self):
-        """A paused VM stays paused on the destination; no cont"""
+        """A paused VM stays paused on the destination; no cont (and the
+        stop token goes at the commit all the same)"""
         w = World(source_status='paused')
-        r = self.upgrade(w)
+        held = {}
+
+        def hook(up, name):
+            del up
+            if name == 'running':
+                held['running'] = self.token_held()
+
+        r = self.upgrade(w, hook)
+        self.assertEqual(held, {'running': False})
         self.assertEqual(r['status'], 'upgraded', r.get('error'))
         self.assertFalse(w.source.alive)
         self.assertEqual(w.dest.status, 'paused')

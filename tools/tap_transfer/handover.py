@@ -46,6 +46,10 @@ STOP_ENV = 'TAP_TRANSFER_UPGRADE_STOP'
 ACTIVE = ('setup', 'active', 'device', 'pre-switchover', 'wait-unplug',
           'cancelling', 'postcopy-active')
 MIGRATION_FD = 'ttu-migration'
+# this command's nice value while it holds the stop token (measured on
+# 2 cores with 4 runs side by side: the stop after the migration 26 ->
+# 15 ms median, the token alone 37 -> 26 ms)
+STOP_WINDOW_NICE = -10
 ANY_TEMP = re.compile(r'\.tt-upgrade-[0-9a-z]{8}')
 
 
@@ -123,7 +127,8 @@ class Upgrade:
         self.t0 = time.monotonic()
         self.times = {}
         self.report = {'qmp': qmp_path, 'ok': False, 'status': None}
-        self.lock = self.journal = self.plan = None
+        self.lock = self.journal = self.plan = self.token = None
+        self.nice = None
         self.src = self.dst = None
         self.src_proc = self.dst_proc = None
         self.dest = None
@@ -337,6 +342,7 @@ class Upgrade:
                 self.compare()
             self.phase('parameters')
             self.set_parameters()
+            self.take_token()
             self.phase('migrate')
             self.migrate()
             self.phase('verify')
@@ -348,6 +354,32 @@ class Upgrade:
         finally:
             if not ok and not self.committed:
                 self.roll_back()
+
+    def take_token(self):
+        """The host's stop token (journal.StopToken), waited for while
+        the guest runs; held until the cont.  Meanwhile this command
+        (not the VM's QEMUs) runs at a higher priority than the other
+        runs' commands: their QEMUs starting and their checks would
+        otherwise take the CPU from the guest's stopped time."""
+        t0 = time.monotonic()
+        self.token = journal.StopToken.take(journal.state_dir(),
+                                            self.check_signals)
+        self.report['stop_token_wait_ms'] = self.ms(t0)
+        self.nice = os.getpriority(os.PRIO_PROCESS, 0)
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, min(self.nice,
+                                                   STOP_WINDOW_NICE))
+        except PermissionError:
+            pass
+
+    def release_token(self):
+        if self.token:
+            self.token.release()
+            self.token = None
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, self.nice)
+            except PermissionError:
+                pass
 
     def tap_snapshot(self):
         """The source's TAP fds and each netdev's ifindex, before"""
@@ -707,11 +739,13 @@ class Upgrade:
                               f'run {PROG} --recover --qmp '
                               f'{self.qmp_path}') from e
             self.mark('cont')
+            self.release_token()
             self.report['stopped_after_migration_ms'] = \
                 self.ms(self.completed_at)
             self.report['stopped_ms'] = {
                 n: self.ms(t0, t1) for (_, t0), (n, t1) in
                 zip(self.stop_marks, self.stop_marks[1:])}
+        self.release_token()      # a paused VM's run, which has no cont
         self.phase('running')
         self.log('destination running: the point of no return is behind '
                  f'({self.report.get("stopped_after_migration_ms")} ms '
@@ -903,6 +937,7 @@ class Upgrade:
         self.system.unlink(self.files, [t for _, _, t in self.plan.moves])
 
     def close(self):
+        self.release_token()
         for mon in (self.src, self.dst):
             if mon:
                 mon.close()

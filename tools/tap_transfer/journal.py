@@ -17,7 +17,10 @@ for `--recover`.
 
 The lock is an flock on a file named by the source QEMU's pid and
 start time: two runs reaching one VM through two of its monitors take
-the same lock.  The kernel drops it when its run dies."""
+the same lock.  The stop token is an flock on one file for the host:
+the run that holds it is the only one whose guest is stopped between
+its migration and its `cont`.  The kernel drops either when its run
+dies."""
 
 import errno
 import fcntl
@@ -169,3 +172,38 @@ class Lock:
             pass
         os.close(self.fd)
         self.fd = None
+
+
+class StopToken:
+    """The host's one token for the stop window (the migration to the
+    `cont`): runs side by side (--parallel, or several commands) would
+    otherwise stop their guests at once and share the CPUs while they
+    are stopped.  A run waits for it with its guest still running."""
+
+    NAME = 'stop-window.lock'
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    @classmethod
+    def take(cls, directory, check):
+        """Wait for the token, calling @check (which may raise) every
+        millisecond meanwhile"""
+        fd = os.open(os.path.join(directory, cls.NAME),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return cls(fd)
+                except BlockingIOError:
+                    check()
+                    time.sleep(0.001)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
