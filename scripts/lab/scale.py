@@ -33,7 +33,9 @@ import ttlab
 TRACE = ['vmstate_downtime_checkpoint', 'vm_state_notify',
          # the tap-transfer sections' own time, saved and loaded
          'savevm_section_start', 'savevm_section_end',
-         'qemu_loadvm_state_section', 'qemu_loadvm_state_section_startfull']
+         'qemu_loadvm_state_section', 'qemu_loadvm_state_section_startfull',
+         # each fd sent and received (QEMU's own, in qemu-file.c)
+         'qemu_file_put_fd', 'qemu_file_get_fd']
 # NICs x queues.  256 fds is not here: under TCG on this machine a
 # guest with 4 NICs of 64 queues booted but never answered a ping, and
 # one with 16 NICs of 16 did not boot in 300 s (2026-12-05)
@@ -81,6 +83,16 @@ def sections_us(src, dst):
     return round(total * 1e6)
 
 
+def fd_spacing_us(trace, event):
+    """The mean time from one fd to the next in @trace's @event
+    (qemu_file_put_fd or qemu_file_get_fd), in microseconds; None with
+    fewer than two fds"""
+    ts = [t for t, name, _ in trace if name == event]
+    if len(ts) < 2:
+        return None
+    return round((ts[-1] - ts[0]) / (len(ts) - 1) * 1e6, 1)
+
+
 def fit(xs, ys):
     """Least squares: (intercept, slope, worst point over the fit)"""
     n, sx, sy = len(xs), sum(xs), sum(ys)
@@ -100,6 +112,10 @@ def hops(lab, vm, netdevs, transfer, runs, **kw):
                               transfer=transfer, trace=TRACE, **kw)
         out.append({'outage_us': outage_us(vm, dst),
                     'sections_us': sections_us(vm, dst),
+                    'put_fd_us': fd_spacing_us(vm.read_trace(),
+                                               'qemu_file_put_fd'),
+                    'get_fd_us': fd_spacing_us(dst.read_trace(),
+                                               'qemu_file_get_fd'),
                     'downtime_ms': st['downtime_ms'],
                     'total_ms': st['total_ms']})
         lab.retire(vm)
@@ -116,15 +132,17 @@ def fd_sweep(args):
             opts = f',mq=on,vectors={2 * queues + 2}' if queues > 1 else ''
             kw = {'nics': nics, 'device_opts': opts}
             vm = lab.boot(net % 'a', timeout=300, trace=TRACE, **kw)
-            on, vm = hops(lab, vm, [net % 'a'], True, args.runs, **kw)
+            on, vm = hops(lab, vm, [net % 'a'], True, args.fd_runs, **kw)
             # today's practice: each destination on TAPs of its own
             off, vm = hops(lab, vm, [net % 'b', net % 'a'], False,
-                           args.runs, **kw)
+                           args.fd_runs, **kw)
         p = {'fds': nics * queues, 'nics': nics, 'queues': queues,
              'on': on, 'off': off}
         print(f"fds {p['fds']}: outage us on {mmm(on, 'outage_us')}, off "
               f"{mmm(off, 'outage_us')}; tap-transfer sections us "
-              f"{mmm(on, 'sections_us')}", flush=True)
+              f"{mmm(on, 'sections_us')}; us from one fd to the next: "
+              f"sent {mmm(on, 'put_fd_us')}, received "
+              f"{mmm(on, 'get_fd_us')}", flush=True)
         points.append(p)
     # least squares on the medians with backend-transfer on: the whole
     # outage (which also grows with the NICs' and queues' device state)
@@ -133,7 +151,8 @@ def fd_sweep(args):
     icpt, slope, worst = fit(xs, [med(p['on'], 'outage_us') for p in points])
     s_icpt, s_slope, s_worst = fit(xs, [med(p['on'], 'sections_us')
                                         for p in points])
-    return {'points': points, 'slope_us_per_fd': round(slope, 2),
+    return {'points': points, 'runs': args.fd_runs,
+            'slope_us_per_fd': round(slope, 2),
             'intercept_us': round(icpt), 'worst_over_fit': round(worst, 2),
             'sections_slope_us_per_fd': round(s_slope, 2),
             'sections_intercept_us': round(s_icpt),
@@ -249,18 +268,23 @@ def mmm(rows, key):
 
 def tables(res):
     fd = res['fds']
+    hops_n = fd.get('runs', res.get('runs'))
     out = ['.. list-table:: Outage (us) and migration total (ms) against '
-           'the TAP fds handed over, min / median / max',
+           f'the TAP fds handed over, min / median / max of {hops_n} '
+           'hops; from one fd to the next (us, median)',
            '   :header-rows: 1', '',
            '   * - fds (NICs x queues)', '     - outage, backend-transfer on',
            '     - outage, off (new TAPs)',
            '     - tap-transfer sections (save + load), on',
+           '     - one fd to the next, sent / received',
            '     - total ms, on', '     - total ms, off']
     for p in fd['points']:
         out += [f"   * - {p['fds']} ({p['nics']} x {p['queues']})",
                 f"     - {mmm(p['on'], 'outage_us')}",
                 f"     - {mmm(p['off'], 'outage_us')}",
                 f"     - {mmm(p['on'], 'sections_us')}",
+                f"     - {med(p['on'], 'put_fd_us')} / "
+                f"{med(p['on'], 'get_fd_us')}",
                 f"     - {mmm(p['on'], 'total_ms')}",
                 f"     - {mmm(p['off'], 'total_ms')}"]
     out += ['', f"Fit, backend-transfer on: {fd['intercept_us']} us + "
@@ -275,7 +299,8 @@ def tables(res):
             '   :header-rows: 1', '',
             '   * - RAM', '     - outage', '     - total ms']
     for p in res['ram']:
-        out += [f"   * - {p['mb']} MiB, {'shared' if p['shared'] else 'copied'}",
+        how = 'shared' if p['shared'] else 'copied'
+        out += [f"   * - {p['mb']} MiB, {how}",
                 f"     - {mmm(p['runs'], 'outage_us')}",
                 f"     - {mmm(p['runs'], 'total_ms')}"]
     out += ['', '.. list-table:: VMs per host: one tap-transfer-upgrade '
@@ -283,13 +308,15 @@ def tables(res):
             '   :header-rows: 1', '',
             '   * - VMs', '     - --parallel', '     - whole command s',
             '     - each VM\'s downtime ms',
-            '     - each VM\'s stop after the migration ms']
+            '     - each VM\'s stop after the migration ms',
+            '     - both: the guest stopped until the cont, ms']
     for p in res['fleet']:
         vms = [v for r in p['runs'] for v in r['vms']]
         out += [f"   * - {p['vms']}", f"     - {p['parallel']}",
                 f"     - {mmm(p['runs'], 'seconds')}",
                 f"     - {mmm(vms, 'downtime_ms')}",
-                f"     - {mmm(vms, 'stopped_ms')}"]
+                f"     - {mmm(vms, 'stopped_ms')}",
+                f"     - {mmm([{'ms': seen(v)} for v in vms], 'ms')}"]
     phases = res['phases']
     out += ['', '.. list-table:: The command\'s phases, one VM, median ms',
             '   :header-rows: 1', '', '   * - phase', '     - ms']
@@ -312,6 +339,12 @@ def phases(res):
             v['command_ms'] - v['phases_ms'].get('destination', 0) -
             v['phases_ms'].get('migrate', 0) for v in vms), 1)
     return out
+
+
+def seen(vm):
+    """QEMU's downtime of @vm, and what its guest sees: that plus the
+    time the command keeps it stopped until the cont"""
+    return vm['downtime_ms'] + (vm.get('stopped_ms') or 0)
 
 
 def gnuplot(script):
@@ -360,9 +393,10 @@ def figures(res, outdir, figdir):
              "'copied', "
              f"{base + 1000} with lines dt 3 lc rgb 'red' title "
              "'goal: 128 MiB + 1 ms (shared)'"])
-    single = statistics.median(
-        v['downtime_ms'] for p in res['fleet'] if p['vms'] == 1
-        for r in p['runs'] for v in r['vms'])
+    ones = [v for p in res['fleet'] if p['vms'] == 1
+            for r in p['runs'] for v in r['vms']]
+    single = statistics.median(v['downtime_ms'] for v in ones)
+    single_seen = statistics.median(seen(v) for v in ones)
     plots = []
     for par in (1, 2, 4):
         path = os.path.join(outdir, f'fleet-{par}.dat')
@@ -371,11 +405,16 @@ def figures(res, outdir, figdir):
                 if p['parallel'] == par:
                     vms = [v for r in p['runs'] for v in r['vms']]
                     f.write(f"{p['vms']} {med(vms, 'downtime_ms')} "
-                            f"{max(v['downtime_ms'] for v in vms)}\n")
-        plots.append(f"'{path}' using 1:3 with linespoints title "
-                     f"'--parallel {par}: worst VM'")
+                            f"{max(v['downtime_ms'] for v in vms)} "
+                            f"{max(seen(v) for v in vms)}\n")
+        plots.append(f"'{path}' using 1:3 with linespoints lc {par} title "
+                     f"'--parallel {par}: worst VM, QEMU downtime'")
+        plots.append(f"'{path}' using 1:4 with linespoints dt 2 lc {par} "
+                     f"title '--parallel {par}: worst VM, until the cont'")
     plots.append(f"{2 * single} with lines dt 3 lc rgb 'red' title "
-                 "'goal: 2 x one VM alone (median)'")
+                 "'goal: 2 x one VM alone (median), QEMU downtime'")
+    plots.append(f"{2 * single_seen} with lines dt 4 lc rgb 'dark-red' "
+                 "title 'goal: 2 x one VM alone (median), until the cont'")
     gnuplot([term, f"set output '{figdir}/tap-transfer-scale-vms.png'",
              'set title "each VM\'s downtime against VMs upgraded by one '
              'command"', "set xlabel 'VMs'", "set ylabel 'ms'",
@@ -388,6 +427,10 @@ def main():
     ap.add_argument('--guest', required=True)
     ap.add_argument('--upgrade-to', metavar='QEMU')
     ap.add_argument('--runs', type=int, default=5)
+    ap.add_argument('--fd-runs', type=int, default=10,
+                    help='hops per point of the fd sweep (its per-fd '
+                    'figures are a few us in ms of outage: they need more '
+                    'than --runs)')
     ap.add_argument('--out', default='build/bench/scale')
     ap.add_argument('--figures', default='docs/devel/migration')
     ap.add_argument('--only', choices=['fds', 'ram', 'fleet'],
@@ -403,10 +446,10 @@ def main():
         with open(path) as f:
             res = json.load(f)
     res.update({'date': datetime.date.today().isoformat(),
-           'machine': f'{platform.node()}, {os.cpu_count()} cores, '
-                      f'{ttlab_meminfo("MemTotal") >> 30} GiB, guest under '
-                      'TCG',
-           'runs': args.runs})
+                'machine': f'{platform.node()}, {os.cpu_count()} cores, '
+                           f'{ttlab_meminfo("MemTotal") >> 30} GiB, guest '
+                           'under TCG',
+                'runs': args.runs})
     if 'fds' in only:
         res['fds'] = fd_sweep(args)
     if 'ram' in only:
