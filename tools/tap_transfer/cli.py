@@ -40,7 +40,8 @@ def parser():
                     help='QEMU options for the destination, for what was '
                     'added at run time (netdev_add, device_add)')
     ap.add_argument('--parallel', type=int, default=1, metavar='N',
-                    help='upgrade N VMs at a time (default 1)')
+                    help='upgrade N VMs at a time (default 1); their '
+                    'guests still stop one at a time')
     ap.add_argument('--max-failures', type=int, default=0, metavar='N',
                     help='with many VMs: start no more after N were not '
                     'upgraded (default: go on)')
