@@ -11,6 +11,7 @@
 # This work is licensed under the terms of the GNU GPL, version 2 or
 # later.  See the COPYING file in the top-level directory.
 
+import fcntl
 import json
 import os
 import re
@@ -472,6 +473,17 @@ class UpgradeLabTest(TapLabTest):
         self.assertEqual(left, [], f'QEMUs left over: {describe(left)}')
         journals = os.listdir(self.state) if os.path.isdir(self.state) \
             else []
-        # targets.json: what the command knows of the QEMU binaries
-        self.assertEqual([j for j in journals if j != 'targets.json'], [],
+        # targets.json: what the command knows of the QEMU binaries;
+        # stop-window.lock: the host's stop token, which no run holds
+        kept = ('targets.json', 'stop-window.lock')
+        self.assertEqual([j for j in journals if j not in kept], [],
                          'a journal or lock was left')
+        if 'stop-window.lock' in journals:
+            fd = os.open(os.path.join(self.state, 'stop-window.lock'),
+                         os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.fail('the stop token is still held')
+            finally:
+                os.close(fd)
