@@ -587,6 +587,21 @@ class StateMachine(Base):
         os.close(held)
         self.assert_on(w, 'source')
 
+    def test_token_wait_bounded(self):
+        """A token held longer than --timeout fails the run before its
+        migration: the guest never stopped"""
+        w = World()
+        held = self.hold_token()
+        up = HookedUpgrade(QMP, '/opt/new/qemu-system-x86_64', Options(),
+                           Settings(quiet=True, timeout=0.05),
+                           FakeSystem(w), Signals())
+        r = up.run()
+        os.close(held)
+        self.assertEqual(r['status'], 'failed', r.get('error'))
+        self.assertIn('stop token', r['error'])
+        self.assertEqual(w.source.mig, 'none', 'the source migrated')
+        self.assert_on(w, 'source')
+
     def test_paused_vm(self):
         """A paused VM stays paused on the destination; no cont (and the
         stop token goes at the commit all the same)"""

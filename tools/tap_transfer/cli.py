@@ -41,7 +41,7 @@ def parser():
                     'added at run time (netdev_add, device_add)')
     ap.add_argument('--parallel', type=int, default=1, metavar='N',
                     help='upgrade N VMs at a time (default 1); their '
-                    'guests still stop one at a time')
+                    'migrations, and so their stops, take turns')
     ap.add_argument('--max-failures', type=int, default=0, metavar='N',
                     help='with many VMs: start no more after N were not '
                     'upgraded (default: go on)')

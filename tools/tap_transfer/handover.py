@@ -362,8 +362,15 @@ class Upgrade:
         runs' commands: their QEMUs starting and their checks would
         otherwise take the CPU from the guest's stopped time."""
         t0 = time.monotonic()
-        self.token = journal.StopToken.take(journal.state_dir(),
-                                            self.check_signals)
+        limit = self.settings.timeout
+
+        def waiting():
+            self.check_signals()
+            if time.monotonic() - t0 > limit:
+                raise Failed(f'another run held the host\'s stop token '
+                             f'for {limit:g} s (--timeout)')
+
+        self.token = journal.StopToken.take(journal.state_dir(), waiting)
         self.report['stop_token_wait_ms'] = self.ms(t0)
         self.nice = os.getpriority(os.PRIO_PROCESS, 0)
         try:
