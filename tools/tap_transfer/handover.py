@@ -34,7 +34,7 @@ from .identity import IdentityError, SpawnError
 from .livestate import LiveState
 from .migsettings import MigrationSettings
 from .plan import TEMP_SUFFIX, Plan, vstr
-from .qmp import CommandError, MonitorGone, value
+from .qmp import CommandError, MonitorGone, qom_get, value
 
 PROG = 'tap-transfer-upgrade'
 PHASES = ('planned', 'onboard-taps', 'destination', 'compare',
@@ -396,8 +396,7 @@ class Upgrade:
         self.netns = self.system.netns_socket(self.src_proc)
         props = [(nd, prop) for nd in p.netdevs for prop in ('ifname',
                                                              'queues')]
-        replies = self.src.cmds(*(('qom-get', {'path': f'/netdevs/{nd}',
-                                               'property': prop})
+        replies = self.src.cmds(*(qom_get(f'/netdevs/{nd}', prop)
                                   for nd, prop in props))
         for (nd, prop), reply in zip(props, replies):
             out[prop][nd] = value(reply)
@@ -615,8 +614,7 @@ class Upgrade:
         self.mark('verify')
         if p.onboarding:
             return self.verify_onboard()
-        states = self.dst.cmds(*(('qom-get', {'path': f'/netdevs/{nd}',
-                                              'property': 'state'})
+        states = self.dst.cmds(*(qom_get(f'/netdevs/{nd}', 'state')
                                  for nd in p.netdevs))
         for nd, state in zip(p.netdevs, states):
             state = value(state)
@@ -653,8 +651,7 @@ class Upgrade:
         netdevs' state), read after the cont and before it quits"""
         p = self.plan
         replies = self.src.cmds(('query-migrate', {}), *(
-            ('qom-get', {'path': f'/netdevs/{nd}', 'property': 'state'})
-            for nd in p.netdevs))
+            qom_get(f'/netdevs/{nd}', 'state') for nd in p.netdevs))
         info = value(replies[0])
         self.report['downtime_ms'] = info.get('downtime')
         self.report['total_ms'] = info.get('total-time')
@@ -674,8 +671,7 @@ class Upgrade:
         props = [(nd, k) for nd in p.netdevs for k in ('state',
                                                        'frames-held')]
         settings = self.saved.copy_commands()
-        replies = self.dst.cmds(*(('qom-get', {'path': f'/netdevs/{nd}',
-                                               'property': k})
+        replies = self.dst.cmds(*(qom_get(f'/netdevs/{nd}', k)
                                   for nd, k in props), *settings)
         err = next((r for r in replies[len(props):]
                     if isinstance(r, CommandError)), None)
@@ -746,13 +742,12 @@ class Upgrade:
                               f'run {PROG} --recover --qmp '
                               f'{self.qmp_path}') from e
             self.mark('cont')
-            self.release_token()
             self.report['stopped_after_migration_ms'] = \
                 self.ms(self.completed_at)
             self.report['stopped_ms'] = {
                 n: self.ms(t0, t1) for (_, t0), (n, t1) in
                 zip(self.stop_marks, self.stop_marks[1:])}
-        self.release_token()      # a paused VM's run, which has no cont
+        self.release_token()
         self.phase('running')
         self.log('destination running: the point of no return is behind '
                  f'({self.report.get("stopped_after_migration_ms")} ms '

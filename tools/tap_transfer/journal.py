@@ -9,14 +9,13 @@ back, the onboarding's new TAPs.  Each record is renamed over the last,
 so a run killed at any point leaves one whole record.  Only the records
 that name the temporary names are also fsync'ed: a crash of the host
 takes both QEMUs, their migration and the TAPs with it, and what is
-left to put right after it is files that the run renamed.  (A later
-record, not fsync'ed, replaces that one: on a file system that does not
-write a file's data before a rename over another -- ext4 does -- a crash
-can leave it empty.  /run, a tmpfs on a host, loses it anyway.)  (An fsync
-waits on the disk: 0.6 ms on an idle one, 12 ms while other jobs write,
-measured here; on a host whose /run is a tmpfs it costs nothing.)  A
-run that ends, whichever way, removes it; one that is killed leaves it
-for `--recover`.
+left to put right after it is files that the run renamed.  An fsync
+waits on the disk (0.6 ms on an idle one, 12 ms while other jobs write,
+measured here; nothing where /run is a tmpfs, as on a host).  A later
+record, not fsync'ed, replaces the first: on a file system that does
+not write a file's data before a rename over another (ext4 does) a
+crash can leave it empty.  A run that ends, whichever way, removes it;
+one that is killed leaves it for `--recover`.
 
 The lock is an flock on a file named by the source QEMU's pid and
 start time: two runs reaching one VM through two of its monitors take

@@ -7,7 +7,7 @@ mirror, a changed medium, a throttle limit, a chardev or device added
 at run time would otherwise be silently lost.  Every difference is one
 line naming the device and what differs."""
 
-from .qmp import CommandError, value
+from .qmp import CommandError, qom_get, value
 
 # query-block's throttling fields (BlockDeviceInfo)
 THROTTLE = ('bps', 'bps_rd', 'bps_wr', 'iops', 'iops_rd', 'iops_wr',
@@ -46,9 +46,8 @@ def _memory(mon, objects, memdev):
               for prop in ('size', 'share') if prop not in m]
     wanted += [(name, 'mem-path') for name, qtype in backends.items()
                if qtype == 'memory-backend-file']
-    replies = mon.cmds(*(('qom-get', {'path': f'/objects/{name}',
-                                      'property': prop})
-                         for name, prop in wanted)) if wanted else []
+    replies = mon.cmds(*(qom_get(f'/objects/{name}', prop)
+                         for name, prop in wanted))
     for (name, prop), reply in zip(wanted, replies):
         memory[name][prop] = value(reply)
     return memory
@@ -93,8 +92,7 @@ class LiveState:
                ('qom-list', {'path': '/machine/peripheral'}),
                ('qom-list', {'path': '/machine/peripheral-anon'}),
                ('qom-list', {'path': '/netdevs'}),
-               ('qom-get', {'path': '/machine',
-                            'property': 'memory-backend'}))
+               qom_get('/machine', 'memory-backend'))
 
     def __init__(self, devices, anon, netdevs, chardevs, block, nodes,
                  memory, ram):

@@ -30,6 +30,11 @@ class CommandError(Exception):
         self.desc = desc
 
 
+def qom_get(path, prop):
+    """The qom-get of @prop of @path, as Monitor.cmds() takes it"""
+    return ('qom-get', {'path': path, 'property': prop})
+
+
 def value(reply):
     """One of Monitor.cmds()' replies: what the command returned, or its
     CommandError raised"""
@@ -93,24 +98,18 @@ class Monitor:
     @classmethod
     def peer(cls, path, timeout):
         """The pid listening on @path, without speaking QMP"""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            return peer_pid(sock)
-        finally:
-            sock.close()
+        sock, pid = _dial(path, timeout)
+        sock.close()
+        return pid
 
     @classmethod
     def greeting_at(cls, path, timeout):
         """(pid, greeting) of the QMP server at @path: proof that it
         answers, without a session (no qmp_capabilities), and so
         without one round trip more"""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = None
         try:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            pid = peer_pid(sock)
+            sock, pid = _dial(path, timeout)
             data = b''
             while not data.endswith(b'\n'):
                 chunk = sock.recv(4096)
@@ -122,7 +121,8 @@ class Monitor:
         except (OSError, ValueError) as e:
             raise MonitorGone(f'{path}: {e}') from e
         finally:
-            sock.close()
+            if sock:
+                sock.close()
 
     def cmd(self, name, **args):
         try:
@@ -195,3 +195,16 @@ class Monitor:
         except Exception:       # pylint: disable=broad-except
             pass
         self.sock.close()
+
+
+def _dial(path, timeout):
+    """A socket connected to the UNIX server at @path, and the pid that
+    listens there"""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        return sock, peer_pid(sock)
+    except BaseException:
+        sock.close()
+        raise

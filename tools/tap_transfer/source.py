@@ -10,7 +10,7 @@ from .cmdline import parse_argv
 from .identity import Identity
 from .livestate import LiveState
 from .procfs import ProcessId, read_cmdline, tun_fds
-from .qmp import CommandError, value
+from .qmp import CommandError, qom_get, value
 
 
 class Source:
@@ -33,7 +33,7 @@ class Source:
         self.exe_stat = exe_stat
 
     # what it is read from, with LiveState.QUERIES, at once
-    QUERIES = (('qom-get', {'path': '/machine', 'property': 'type'}),
+    QUERIES = (qom_get('/machine', 'type'),
                ('query-status', {}),
                ('query-migrate', {}),
                ('query-migrate-parameters', {}),
