@@ -14,7 +14,7 @@ import stat
 import struct
 
 from . import journal
-from .identity import Identity, Launch, SpawnError, run_as, spawn
+from .identity import Identity, Launch, SpawnError, run_as, run_here, spawn
 from .plan import Target, check_binary
 from .procfs import ProcessGone, ProcessId, alive, fd_ifname, \
     kcmp_supported, read_cmdline, same_file, tun_fds
@@ -305,12 +305,22 @@ class LocalSystem:
         return Launch(Identity.read(proc.pid), as_launched=False,
                       carry_root=True).open()
 
+    @staticmethod
+    def _file_steps(launch, fn, arg, paths):
+        # a fork costs 10 to 25 ms here: none when the child would have
+        # the command's own rights and the paths do not depend on its
+        # working directory
+        if launch.changes_nothing() and all(map(os.path.isabs, paths)):
+            return run_here(fn, arg)
+        return run_as(launch, fn, arg)
+
     def rename(self, launch, pairs):
         """Rename each (temporary, real) of @pairs, as @launch says, in
         one child; {temporary: error} of those that failed"""
         if not pairs:
             return {}
-        done, err = run_as(launch, _rename_all, pairs)
+        done, err = self._file_steps(launch, _rename_all, pairs,
+                                     [p for pair in pairs for p in pair])
         return done if err is None else {t: err for t, _ in pairs}
 
     def unlink(self, launch, paths):
@@ -318,7 +328,7 @@ class LocalSystem:
         child; {path: error} of those that failed"""
         if not paths:
             return {}
-        done, err = run_as(launch, _unlink_all, paths)
+        done, err = self._file_steps(launch, _unlink_all, paths, paths)
         return done if err is None else {p: err for p in paths}
 
 
