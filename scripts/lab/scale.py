@@ -5,9 +5,11 @@ guest (TCG), each point --runs times (min / median / max):
 - fds: the guest's outage (the source's stop to the destination running,
   from both QEMUs' trace timestamps, in microseconds) and QEMU's
   migration total, with backend-transfer on (the same TAPs handed over)
-  and off (the destination's own new TAPs: today's practice), for 1, 4,
-  16, 64 and 256 TAP fds (NICs x queues); the slope fitted to the
-  points with it on, in microseconds per fd;
+  and off (the destination's own new TAPs: today's practice), for one
+  NIC of 1 to 256 queues and four NICs up to 256 TAP fds, and with it on
+  again with glibc's malloc on transparent huge pages (MALLOC_THP); the
+  slopes fitted, in microseconds per fd; the tap-transfer and
+  virtio-net sections' own times;
 - RAM: the outage for 128 MiB to 8 GiB of RAM, shared (a file in
   /dev/shm, x-ignore-shared: only device state moves) and copied (for
   reference, up to what this machine holds);
@@ -36,10 +38,16 @@ TRACE = ['vmstate_downtime_checkpoint', 'vm_state_notify',
          'qemu_loadvm_state_section', 'qemu_loadvm_state_section_startfull',
          # each fd sent and received (QEMU's own, in qemu-file.c)
          'qemu_file_put_fd', 'qemu_file_get_fd']
-# NICs x queues.  256 fds is not here: under TCG on this machine a
-# guest with 4 NICs of 64 queues booted but never answered a ping, and
-# one with 16 NICs of 16 did not boot in 300 s (2026-12-05)
-FDS = ((1, 1), (1, 4), (4, 4), (4, 16))
+# NICs x queues: one NIC with more and more queues (the fds grow, the
+# devices do not), then four NICs up to the same 256 fds
+FDS = ((1, 1), (1, 4), (1, 16), (1, 64), (1, 256), (4, 4), (4, 16), (4, 64))
+# the fd sweep's guest RAM (shared, so the outage does not depend on
+# it): a 128 MiB guest runs out of memory filling 64 rx queues
+FD_MEM_MB = 2048
+# glibc's switch backing malloc's heap with transparent huge pages: the
+# destination allocates each virtqueue while it loads the device state,
+# and without it takes a page fault per 4 KiB of them in the outage
+MALLOC_THP = 'GLIBC_TUNABLES=glibc.malloc.hugetlb=1'
 RAM_MB = (128, 512, 2048, 8192)
 FLEET = ((1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (4, 4), (8, 1), (8, 2),
          (8, 4))
@@ -72,13 +80,19 @@ def sections_us(src, dst):
             begun[idstr] = ts
         elif name == 'savevm_section_end' and idstr in begun:
             total += ts - begun.pop(idstr)
-    start = None
+    return round(total * 1e6) + loads_us(dst, '/tap-transfer')
+
+
+def loads_us(dst, suffix):
+    """The time the destination took to load the sections whose idstr
+    ends with @suffix (each timed to the next section), microseconds"""
+    total, start = 0.0, None
     for ts, name, rest in dst.read_trace():
         if start is not None and name.startswith('qemu_loadvm_state_section'):
             total += ts - start
             start = None
         if name == 'qemu_loadvm_state_section_startfull' and \
-           '/tap-transfer)' in rest:
+           f'{suffix})' in rest:
             start = ts
     return round(total * 1e6)
 
@@ -112,6 +126,7 @@ def hops(lab, vm, netdevs, transfer, runs, **kw):
                               transfer=transfer, trace=TRACE, **kw)
         out.append({'outage_us': outage_us(vm, dst),
                     'sections_us': sections_us(vm, dst),
+                    'virtio_net_load_us': loads_us(dst, '/virtio-net'),
                     'put_fd_us': fd_spacing_us(vm.read_trace(),
                                                'qemu_file_put_fd'),
                     'get_fd_us': fd_spacing_us(dst.read_trace(),
@@ -126,37 +141,48 @@ def hops(lab, vm, netdevs, transfer, runs, **kw):
 def fd_sweep(args):
     points = []
     for nics, queues in FDS:
-        with ttlab.Lab(args.qemu, args.guest, shared_ram=True) as lab:
-            net = (f'tap-transfer,ifname=t%s%%d,queues={queues},'
-                   f'script={lab.ifup},downscript=no')
-            opts = f',mq=on,vectors={2 * queues + 2}' if queues > 1 else ''
-            kw = {'nics': nics, 'device_opts': opts}
-            vm = lab.boot(net % 'a', timeout=300, trace=TRACE, **kw)
-            on, vm = hops(lab, vm, [net % 'a'], True, args.fd_runs, **kw)
-            # today's practice: each destination on TAPs of its own
-            off, vm = hops(lab, vm, [net % 'b', net % 'a'], False,
-                           args.fd_runs, **kw)
-        p = {'fds': nics * queues, 'nics': nics, 'queues': queues,
-             'on': on, 'off': off}
-        print(f"fds {p['fds']}: outage us on {mmm(on, 'outage_us')}, off "
-              f"{mmm(off, 'outage_us')}; tap-transfer sections us "
-              f"{mmm(on, 'sections_us')}; us from one fd to the next: "
-              f"sent {mmm(on, 'put_fd_us')}, received "
-              f"{mmm(on, 'get_fd_us')}", flush=True)
+        p = {'fds': nics * queues, 'nics': nics, 'queues': queues}
+        for env in ((), (MALLOC_THP,)):
+            with ttlab.Lab(args.qemu, args.guest, mem=FD_MEM_MB,
+                           shared_ram=True) as lab:
+                net = (f'tap-transfer,ifname=t%s%%d,queues={queues},'
+                       f'script={lab.ifup},downscript=no')
+                opts = f',mq=on,vectors={2 * queues + 2}' if queues > 1 \
+                    else ''
+                kw = {'nics': nics, 'device_opts': opts, 'env': env}
+                vm = lab.boot(net % 'a', timeout=300, trace=TRACE, **kw)
+                if env:
+                    p['on_thp'], vm = hops(lab, vm, [net % 'a'], True,
+                                           args.fd_runs, **kw)
+                    continue
+                p['on'], vm = hops(lab, vm, [net % 'a'], True, args.fd_runs,
+                                   **kw)
+                # today's practice: each destination on TAPs of its own
+                p['off'], vm = hops(lab, vm, [net % 'b', net % 'a'], False,
+                                    args.fd_runs, **kw)
+        print(f"fds {p['fds']} ({nics} x {queues}): outage us on "
+              f"{mmm(p['on'], 'outage_us')}, on with malloc THP "
+              f"{mmm(p['on_thp'], 'outage_us')}, off "
+              f"{mmm(p['off'], 'outage_us')}; tap-transfer sections us "
+              f"{mmm(p['on'], 'sections_us')}; us from one fd to the next: "
+              f"sent {mmm(p['on'], 'put_fd_us')}, received "
+              f"{mmm(p['on'], 'get_fd_us')}", flush=True)
         points.append(p)
-    # least squares on the medians with backend-transfer on: the whole
-    # outage (which also grows with the NICs' and queues' device state)
-    # and the tap-transfer sections alone
-    xs = [p['fds'] for p in points]
-    icpt, slope, worst = fit(xs, [med(p['on'], 'outage_us') for p in points])
-    s_icpt, s_slope, s_worst = fit(xs, [med(p['on'], 'sections_us')
-                                        for p in points])
-    return {'points': points, 'runs': args.fd_runs,
-            'slope_us_per_fd': round(slope, 2),
-            'intercept_us': round(icpt), 'worst_over_fit': round(worst, 2),
-            'sections_slope_us_per_fd': round(s_slope, 2),
-            'sections_intercept_us': round(s_icpt),
-            'sections_worst_over_fit': round(s_worst, 2)}
+    # least squares on the medians: one NIC (the fds alone grow) and
+    # four; the whole outage, which also grows with each queue's device
+    # state, and the tap-transfer sections alone
+    fits = {}
+    for nics in (1, 4):
+        row = [p for p in points if p['nics'] == nics]
+        for key in ('on', 'on_thp', 'sections'):
+            ys = [med(p['on'], 'sections_us') if key == 'sections' else
+                  med(p[key], 'outage_us') for p in row]
+            icpt, slope, worst = fit([p['fds'] for p in row], ys)
+            fits[f'{nics}:{key}'] = {'intercept_us': round(icpt),
+                                     'slope_us_per_fd': round(slope, 2),
+                                     'worst_over_fit': round(worst, 2)}
+    return {'points': points, 'runs': args.fd_runs, 'mem_mb': FD_MEM_MB,
+            'fits': fits}
 
 
 def ram_sweep(args):
@@ -258,6 +284,10 @@ def med(rows, key):
     return statistics.median(vals) if vals else None
 
 
+def rounded(x):
+    return 'n/a' if x is None else f'{x:.1f}'
+
+
 def mmm(rows, key):
     vals = [r[key] for r in rows if r.get(key) is not None]
     if not vals:
@@ -274,26 +304,36 @@ def tables(res):
            'hops; from one fd to the next (us, median)',
            '   :header-rows: 1', '',
            '   * - fds (NICs x queues)', '     - outage, backend-transfer on',
+           '     - outage, on, malloc THP',
            '     - outage, off (new TAPs)',
            '     - tap-transfer sections (save + load), on',
+           '     - virtio-net sections\' load, on',
            '     - one fd to the next, sent / received',
            '     - total ms, on', '     - total ms, off']
     for p in fd['points']:
         out += [f"   * - {p['fds']} ({p['nics']} x {p['queues']})",
                 f"     - {mmm(p['on'], 'outage_us')}",
+                f"     - {mmm(p['on_thp'], 'outage_us')}",
                 f"     - {mmm(p['off'], 'outage_us')}",
                 f"     - {mmm(p['on'], 'sections_us')}",
-                f"     - {med(p['on'], 'put_fd_us')} / "
-                f"{med(p['on'], 'get_fd_us')}",
+                f"     - {mmm(p['on'], 'virtio_net_load_us')}",
+                f"     - {rounded(med(p['on'], 'put_fd_us'))} / "
+                f"{rounded(med(p['on'], 'get_fd_us'))}",
                 f"     - {mmm(p['on'], 'total_ms')}",
                 f"     - {mmm(p['off'], 'total_ms')}"]
-    out += ['', f"Fit, backend-transfer on: {fd['intercept_us']} us + "
-            f"{fd['slope_us_per_fd']} us per fd; the worst point is "
-            f"{fd['worst_over_fit']} x the fit (goal: at most "
-            f'{FD_GOAL_US} us per fd, no point above 2 x).  The '
-            f"tap-transfer sections alone: {fd['sections_intercept_us']} us "
-            f"+ {fd['sections_slope_us_per_fd']} us per fd, worst point "
-            f"{fd['sections_worst_over_fit']} x the fit.", '',
+    out += ['', '.. list-table:: Fits on the medians (least squares; goal: '
+            f'at most {FD_GOAL_US} us per fd, no point above 2 x the fit)',
+            '   :header-rows: 1', '',
+            '   * - NICs', '     - what', '     - us + us per fd',
+            '     - worst point over the fit']
+    what = {'on': 'outage, on', 'on_thp': 'outage, on, malloc THP',
+            'sections': 'tap-transfer sections, on'}
+    for key, f in fd['fits'].items():
+        nics, kind = key.split(':')
+        out += [f'   * - {nics}', f'     - {what[kind]}',
+                f"     - {f['intercept_us']} + {f['slope_us_per_fd']}",
+                f"     - {f['worst_over_fit']}"]
+    out += ['',
             '.. list-table:: Outage (us) and migration total (ms) against '
             'RAM size, min / median / max',
             '   :header-rows: 1', '',
@@ -355,27 +395,39 @@ def gnuplot(script):
 def figures(res, outdir, figdir):
     os.makedirs(figdir, exist_ok=True)
     fd = res['fds']
-    dat = os.path.join(outdir, 'fds.dat')
-    with open(dat, 'w') as f:
-        for p in fd['points']:
-            f.write(f"{p['fds']} {med(p['on'], 'outage_us')} "
-                    f"{med(p['off'], 'outage_us')} "
-                    f"{med(p['on'], 'sections_us')}\n")
-    a, b = fd['intercept_us'], fd['slope_us_per_fd']
+    plots = []
+    for nics, pt in ((1, 7), (4, 5)):
+        dat = os.path.join(outdir, f'fds-{nics}.dat')
+        with open(dat, 'w') as f:
+            for p in fd['points']:
+                if p['nics'] == nics:
+                    f.write(f"{p['fds']} {med(p['on'], 'outage_us')} "
+                            f"{med(p['on_thp'], 'outage_us')} "
+                            f"{med(p['off'], 'outage_us')} "
+                            f"{med(p['on'], 'sections_us')}\n")
+        nic = f'{nics} NIC' + ('s' if nics > 1 else '')
+        plots += [f"'{dat}' using 1:2 with linespoints lc 1 pt {pt} title "
+                  f"'{nic}: backend-transfer on'",
+                  f"'{dat}' using 1:3 with linespoints lc 2 pt {pt} title "
+                  f"'{nic}: on, malloc THP'",
+                  f"'{dat}' using 1:4 with linespoints lc 3 pt {pt} title "
+                  f"'{nic}: off, new TAPs (today)'",
+                  f"'{dat}' using 1:5 with linespoints lc 4 pt {pt} title "
+                  f"'{nic}: tap-transfer sections alone (on)'"]
+    for key, lc in (('1:on', 1), ('1:on_thp', 2)):
+        a, b = fd['fits'][key]['intercept_us'], \
+            fd['fits'][key]['slope_us_per_fd']
+        plots.append(f"{a} + {b} * x with lines dt 2 lc {lc} title "
+                     f"'fit, 1 NIC: {a} + {b} us/fd'")
+    a = fd['fits']['1:on_thp']['intercept_us']
+    plots.append(f"{a} + {FD_GOAL_US} * x with lines dt 3 lc rgb 'red' "
+                 f"title 'goal: {FD_GOAL_US} us/fd'")
     term = 'set terminal pngcairo size 900,560 font ",10"'
     gnuplot([term, f"set output '{figdir}/tap-transfer-scale-fds.png'",
              "set title 'guest outage against TAP fds handed over (median)'",
              "set xlabel 'TAP fds (NICs x queues)'", "set ylabel 'us'",
-             'set logscale x 2', 'set grid', 'set key top left',
-             f"plot '{dat}' using 1:2 with linespoints pt 7 title "
-             "'backend-transfer on', "
-             f"'{dat}' using 1:3 with linespoints pt 5 title "
-             "'off: new TAPs (today)', "
-             f"'{dat}' using 1:4 with linespoints pt 9 title "
-             "'tap-transfer sections alone (on)', "
-             f"{a} + {b} * x with lines dt 2 title 'fit: {a} + {b} us/fd', "
-             f"{a} + {FD_GOAL_US} * x with lines dt 3 lc rgb 'red' title "
-             f"'goal: {FD_GOAL_US} us/fd'"])
+             'set logscale xy 2', 'set grid', 'set key top left',
+             'plot ' + ', '.join(plots)])
     for shared in (True, False):
         with open(os.path.join(outdir, f'ram-{shared}.dat'), 'w') as f:
             for p in res['ram']:

@@ -15,6 +15,7 @@ Used by demo.py, demo-onboard.py, bench.py, soak.py, scale.py,
 ram-copy-repro.py and tests/fleet/fleet_check.py.
 """
 
+import calendar
 import json
 import os
 import re
@@ -42,7 +43,23 @@ UPGRADE_TOOL = os.path.join(HERE, '..', '..', 'tools', 'tap-transfer-upgrade')
 
 
 # the log trace backend with -msg timestamp=on: "tid@sec.usec:name args"
+# up to QEMU 10.0, "YYYY-MM-DDThh:mm:ss.usecZ name args" from 10.1
 TRACE_LINE = re.compile(r'^\d+@(\d+)\.(\d+):(\w+) ?(.*)$')
+TRACE_LINE_ISO = re.compile(r'^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{6})Z '
+                            r'(\w+) ?(.*)$')
+
+
+def trace_event(line):
+    """(wall-clock time, name, args) of a trace log line, or None"""
+    m = TRACE_LINE.match(line)
+    if m:
+        sec = int(m.group(1))
+    else:
+        m = TRACE_LINE_ISO.match(line)
+        if not m:
+            return None
+        sec = calendar.timegm(time.strptime(m.group(1), '%Y-%m-%dT%H:%M:%S'))
+    return sec + int(m.group(2)) / 1e6, m.group(3), m.group(4)
 
 
 class LabError(Exception):
@@ -161,16 +178,10 @@ class Vm:
 
     def read_trace(self):
         """The trace events logged so far: (wall-clock time, name, args)."""
-        events = []
         if not self.trace_log:
-            return events
+            return []
         with open(self.trace_log, errors='replace') as f:
-            for line in f:
-                m = TRACE_LINE.match(line)
-                if m:
-                    events.append((int(m.group(1)) + int(m.group(2)) / 1e6,
-                                   m.group(3), m.group(4)))
-        return events
+            return [e for e in map(trace_event, f) if e]
 
     def wait_exit(self, timeout=30):
         """Wait for a QEMU that quits by itself (a failed incoming
@@ -436,12 +447,14 @@ class Lab:
     # guests
 
     def start_vm(self, netdev, name=None, incoming=False, nics=1,
-                 device_opts='', extra_args=(), trace=(), qemu=None):
+                 device_opts='', extra_args=(), trace=(), qemu=None,
+                 env=()):
         """@netdev: the -netdev value, with %d for the NIC index.
         @qemu: another QEMU binary than the lab's, e.g. a newer version.
         @extra_args: more QEMU options.  @trace: trace event patterns
         enabled from the start, logged with wall-clock timestamps to
-        vm.trace_log (read it with read_trace())."""
+        vm.trace_log (read it with read_trace()).  @env: NAME=value
+        strings added to QEMU's environment."""
         self._counter += 1
         name = name or f'vm{self._counter}'
         console = os.path.join(self.dir, f'{name}.serial')
@@ -472,11 +485,12 @@ class Lab:
             args += ['-incoming', 'defer']
         # QEMUMachine adds the QMP monitor (a socketpair), -display none,
         # the serial console (drained to @console by a thread of its own)
-        # and sends QEMU's output to <log_dir>/<name>.log.  nsenter execs
-        # QEMU in the lab's namespace, so the pid is QEMU's.
+        # and sends QEMU's output to <log_dir>/<name>.log.  env and nsenter
+        # exec QEMU in the lab's namespace, so the pid is QEMU's.
         machine = QEMUMachine(os.path.abspath(qemu or self.qemu),
                               args=args, name=name,
-                              wrapper=['nsenter',
+                              wrapper=[*(['env', *env] if env else []),
+                                       'nsenter',
                                        f'--net=/run/netns/{self.ns}'],
                               base_temp_dir=self.dir, log_dir=self.dir,
                               console_log=console)
