@@ -57,10 +57,12 @@ class ChangesNothing(unittest.TestCase):
     def test_other_root(self):
         self.assertFalse(self.changed(root='/srv/vm1'))
 
-    def test_other_namespace(self):
+    def in_namespace(self, option, kind):
+        """changes_nothing() for a process like us in a @kind namespace
+        of its own (unshare @option)"""
         if os.geteuid():
-            self.skipTest('a network namespace of its own needs root')
-        with subprocess.Popen(['unshare', '--net', 'sleep', '30']) as p:
+            self.skipTest('namespaces of its own need root')
+        with subprocess.Popen(['unshare', option, 'sleep', '30']) as p:
             try:
                 ident = None
                 for _ in range(100):
@@ -70,9 +72,19 @@ class ChangesNothing(unittest.TestCase):
                     subprocess.run(['sleep', '0.02'], check=True)
                 launch = launch_of(ident)
                 self.addCleanup(launch.close)
-                self.assertFalse(launch.changes_nothing())
+                self.assertNotEqual(ident.namespaces[kind],
+                                    self.ident.namespaces[kind])
+                return launch.changes_nothing()
             finally:
                 p.kill()
+
+    def test_other_mount_namespace(self):
+        self.assertFalse(self.in_namespace('--mount', 'mnt'))
+
+    def test_other_network_namespace(self):
+        """a path names the same file and the same rights apply: a VM
+        in a network namespace of its own (the lab's) needs no child"""
+        self.assertTrue(self.in_namespace('--net', 'net'))
 
 
 class FileSteps(unittest.TestCase):

@@ -317,13 +317,17 @@ class Launch:
         return 'mnt' in self._ns_fds
 
     def changes_nothing(self):
-        """Whether a child's become(cgroups=False) would leave it with
-        the rights the command has: the source runs with our uids, gids
-        and groups, in our namespaces and root, and may use every
-        capability we may.  File steps with absolute paths then need no
-        child.  Never for as_launched (the child would be root)."""
+        """Whether file steps (rename, unlink) done by a child after
+        become(cgroups=False) would do what the command does itself: the
+        source runs with our uids, gids and groups, in our mount
+        namespace and root (its network, IPC, UTS and cgroup namespaces
+        do not change what a path names or who may touch it), and may
+        use every capability we may.  Then file steps with absolute
+        paths need no child.  Never for as_launched (the child would be
+        root)."""
         ident, caps = self.ident, self.ident.caps
-        if self.as_launched or self._ns_fds or self._root_fd is not None:
+        if self.as_launched or self.other_mount_namespace() or \
+                self._root_fd is not None:
             return False
         if (os.getresuid(), os.getresgid()) != (ident.uids, ident.gids) or \
                 sorted(os.getgroups()) != sorted(ident.groups):
