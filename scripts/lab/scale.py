@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """make bench SCALE=1: how the handover's cost grows, on the lab's real
-guest (TCG), each point --runs times (min / median / max):
+guest (TCG), each point --runs times, the fd and shared-RAM points
+--fd-runs times (min / median / max):
 
 - fds: the guest's outage (the source's stop to the destination running,
   from both QEMUs' trace timestamps, in microseconds) and QEMU's
@@ -203,7 +204,8 @@ def ram_sweep(args):
                 net = (f'tap-transfer,ifname=tr0,script={lab.ifup},'
                        'downscript=no')
                 vm = lab.boot(net, timeout=300, trace=TRACE)
-                runs, vm = hops(lab, vm, [net], True, args.runs)
+                runs, vm = hops(lab, vm, [net], True,
+                                args.fd_runs if shared else args.runs)
             points.append({'mb': mb, 'shared': shared, 'runs': runs})
             print(f'RAM {mb} MiB {"shared" if shared else "copied"}: outage '
                   f"us {mmm(runs, 'outage_us')}, total ms "
@@ -335,7 +337,8 @@ def tables(res):
                 f"     - {f['worst_over_fit']}"]
     out += ['',
             '.. list-table:: Outage (us) and migration total (ms) against '
-            'RAM size, min / median / max',
+            'RAM size, min / median / max (shared: of '
+            f"{hops_n} hops, copied: of {res.get('runs')})",
             '   :header-rows: 1', '',
             '   * - RAM', '     - outage', '     - total ms']
     for p in res['ram']:
@@ -480,9 +483,9 @@ def main():
     ap.add_argument('--upgrade-to', metavar='QEMU')
     ap.add_argument('--runs', type=int, default=5)
     ap.add_argument('--fd-runs', type=int, default=10,
-                    help='hops per point of the fd sweep (its per-fd '
-                    'figures are a few us in ms of outage: they need more '
-                    'than --runs)')
+                    help='hops per point of the fd sweep and of shared RAM '
+                    '(their goals, a few us per fd in ms of outage and 1 '
+                    'ms between RAM sizes, need more than --runs)')
     ap.add_argument('--out', default='build/bench/scale')
     ap.add_argument('--figures', default='docs/devel/migration')
     ap.add_argument('--only', choices=['fds', 'ram', 'fleet'],
